@@ -1,0 +1,727 @@
+//! Validation of every message that crosses the network.
+//!
+//! Protobuf accepts any value in any field; the protocol does not. Each message's
+//! [`Validate::validate`] checks its constraints and reports the first breach as a
+//! [`ValidationError`] that names the field by its dotted path (`assignment.priority`,
+//! `nodes[3].peer_id`) and converts to the wire's [`pb::ErrorDetail`].
+//!
+//! Validation checks what a message says about itself. Checks that need outside
+//! knowledge — signatures against a trusted key, freshness against a clock,
+//! token ids against a model's vocabulary — live with that knowledge.
+
+use thiserror::Error;
+
+use crate::cid::ContentId;
+use crate::pb;
+use crate::protocol::ProtocolVersion;
+use crate::signing::SIGNATURE_LEN;
+
+/// Bounds the protocol puts on field values.
+pub mod limits {
+    /// Highest priority value (1 is the most urgent).
+    pub const MAX_PRIORITY: i32 = 10;
+    /// Most tokens a single piece of work may ask for.
+    pub const MAX_NEW_TOKENS: i32 = 4096;
+    /// Longest context (prompt plus generated tokens) a session may carry.
+    pub const MAX_CONTEXT_TOKENS: usize = 16_384;
+    /// Most tokens drafted per round.
+    pub const MAX_DRAFT_K: u32 = 16;
+    /// Largest token id any vocabulary may use (24 bits).
+    pub const MAX_TOKEN_ID: u32 = (1 << 24) - 1;
+    /// Longest timeout for a piece of work.
+    pub const MAX_TIMEOUT_MS: i64 = 600_000;
+    /// Longest an oracle waits for one round of drafts.
+    pub const MAX_DEADLINE_MS: u32 = 60_000;
+    /// Longest life of a work announcement.
+    pub const MAX_WORK_TTL_S: u32 = 3_600;
+    /// Longest life of a result broadcast.
+    pub const MAX_RESULT_TTL_S: u32 = 86_400;
+    /// Highest sampling temperature.
+    pub const MAX_TEMPERATURE: f32 = 2.0;
+    /// Most protocol ids a node may list.
+    pub const MAX_PROTOCOLS: usize = 64;
+    /// Longest protocol id.
+    pub const MAX_PROTOCOL_ID_LEN: usize = 128;
+    /// Longest free-text hardware field.
+    pub const MAX_HARDWARE_TEXT_LEN: usize = 128;
+    /// Largest plausible VRAM in GB and core count.
+    pub const MAX_HARDWARE_COUNT: i32 = 4096;
+    /// Most model ids a node may advertise.
+    pub const MAX_MODELS: usize = 16;
+    /// Most prior work ids in one announcement.
+    pub const MAX_PRIOR_WORK_IDS: usize = 256;
+    /// Most nodes in one topology message.
+    pub const MAX_TOPOLOGY_NODES: usize = 1024;
+    /// Most addresses in one topology message.
+    pub const MAX_LISTEN_ADDRS: usize = 4096;
+    /// Longest multiaddr string.
+    pub const MAX_MULTIADDR_LEN: usize = 256;
+    /// Longest human-readable detail or error message.
+    pub const MAX_DETAIL_LEN: usize = 1024;
+    /// Longest field path in an error.
+    pub const MAX_FIELD_PATH_LEN: usize = 256;
+    /// Most errors in one acknowledgement.
+    pub const MAX_ERRORS: usize = 32;
+    /// Longest prompt or answer text in a golden ticket.
+    pub const MAX_TEXT_BYTES: usize = 32 * 1024;
+}
+
+/// Error codes of seed 004 (numbered as in gRPC / libp2p).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum ErrorCode {
+    Cancelled = 1,
+    InvalidArgument = 3,
+    NotFound = 5,
+    PermissionDenied = 7,
+    Internal = 13,
+    Unavailable = 14,
+    Unauthenticated = 16,
+    AlreadyExists = 17,
+}
+
+impl ErrorCode {
+    const ALL: [ErrorCode; 8] = [
+        ErrorCode::Cancelled,
+        ErrorCode::InvalidArgument,
+        ErrorCode::NotFound,
+        ErrorCode::PermissionDenied,
+        ErrorCode::Internal,
+        ErrorCode::Unavailable,
+        ErrorCode::Unauthenticated,
+        ErrorCode::AlreadyExists,
+    ];
+
+    /// The name used in [`pb::ErrorDetail::code`].
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::Cancelled => "CANCELLED",
+            ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::PermissionDenied => "PERMISSION_DENIED",
+            ErrorCode::Internal => "INTERNAL",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::Unauthenticated => "UNAUTHENTICATED",
+            ErrorCode::AlreadyExists => "ALREADY_EXISTS",
+        }
+    }
+
+    /// The code with this name, if any.
+    pub fn from_name(name: &str) -> Option<ErrorCode> {
+        Self::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+/// What is wrong with a field.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum Violation {
+    /// A required field is absent or empty.
+    #[error("is required")]
+    Missing,
+    /// A number outside its range.
+    #[error("must be between {min} and {max}, got {got}")]
+    OutOfRange {
+        /// The value found.
+        got: f64,
+        /// Smallest allowed.
+        min: f64,
+        /// Largest allowed.
+        max: f64,
+    },
+    /// NaN or an infinity.
+    #[error("must be a finite number")]
+    NotFinite,
+    /// A list or string longer than allowed.
+    #[error("has length {len}, at most {max} allowed")]
+    TooLong {
+        /// Length found.
+        len: usize,
+        /// Largest allowed.
+        max: usize,
+    },
+    /// Bytes or text that do not parse as what the field holds.
+    #[error("is malformed: {0}")]
+    Malformed(String),
+    /// A field that contradicts another.
+    #[error("is inconsistent: {0}")]
+    Inconsistent(&'static str),
+}
+
+/// A field in breach of the protocol.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[error("{field} {violation}")]
+pub struct ValidationError {
+    /// Dotted path of the field, e.g. `assignment.priority`.
+    pub field: String,
+    /// What is wrong with it.
+    pub violation: Violation,
+}
+
+impl ValidationError {
+    fn new(field: impl Into<String>, violation: Violation) -> Self {
+        ValidationError {
+            field: field.into(),
+            violation,
+        }
+    }
+
+    /// Prefixes the field path with the enclosing field's name.
+    fn within(mut self, parent: &str) -> Self {
+        self.field = format!("{parent}.{}", self.field);
+        self
+    }
+
+    /// The code that goes with a validation failure.
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::InvalidArgument
+    }
+
+    /// The error as it goes on the wire.
+    pub fn to_error_detail(&self) -> pb::ErrorDetail {
+        pb::ErrorDetail {
+            code: self.code().name().to_owned(),
+            message: self.to_string(),
+            field: self.field.clone(),
+        }
+    }
+}
+
+impl From<ValidationError> for pb::ErrorDetail {
+    fn from(e: ValidationError) -> Self {
+        e.to_error_detail()
+    }
+}
+
+/// A message that can check its own constraints.
+pub trait Validate {
+    /// `Ok` when every field holds a value the protocol allows.
+    fn validate(&self) -> Result<(), ValidationError>;
+}
+
+type Checked = Result<(), ValidationError>;
+
+fn int_range(field: &str, got: i64, min: i64, max: i64) -> Checked {
+    if (min..=max).contains(&got) {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            field,
+            Violation::OutOfRange {
+                got: got as f64,
+                min: min as f64,
+                max: max as f64,
+            },
+        ))
+    }
+}
+
+fn float_range(field: &str, got: f32, min: f32, max: f32) -> Checked {
+    if !got.is_finite() {
+        return Err(ValidationError::new(field, Violation::NotFinite));
+    }
+    if (min..=max).contains(&got) {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            field,
+            Violation::OutOfRange {
+                got: got.into(),
+                min: min.into(),
+                max: max.into(),
+            },
+        ))
+    }
+}
+
+fn max_len(field: &str, len: usize, max: usize) -> Checked {
+    if len <= max {
+        Ok(())
+    } else {
+        Err(ValidationError::new(field, Violation::TooLong { len, max }))
+    }
+}
+
+fn required_len(field: &str, len: usize, max: usize) -> Checked {
+    if len == 0 {
+        return Err(ValidationError::new(field, Violation::Missing));
+    }
+    max_len(field, len, max)
+}
+
+fn indexed(field: &str, i: usize) -> String {
+    format!("{field}[{i}]")
+}
+
+fn cid(field: &str, bytes: &[u8]) -> Checked {
+    if bytes.is_empty() {
+        return Err(ValidationError::new(field, Violation::Missing));
+    }
+    ContentId::from_bytes(bytes)
+        .map(|_| ())
+        .map_err(|e| ValidationError::new(field, Violation::Malformed(e.to_string())))
+}
+
+fn cids(field: &str, list: &[Vec<u8>], max: usize) -> Checked {
+    max_len(field, list.len(), max)?;
+    list.iter()
+        .enumerate()
+        .try_for_each(|(i, c)| cid(&indexed(field, i), c))
+}
+
+fn public_key(field: &str, bytes: &[u8]) -> Checked {
+    if bytes.is_empty() {
+        return Err(ValidationError::new(field, Violation::Missing));
+    }
+    libp2p::identity::PublicKey::try_decode_protobuf(bytes)
+        .map(|_| ())
+        .map_err(|e| ValidationError::new(field, Violation::Malformed(e.to_string())))
+}
+
+fn peer_id(field: &str, bytes: &[u8]) -> Checked {
+    if bytes.is_empty() {
+        return Err(ValidationError::new(field, Violation::Missing));
+    }
+    libp2p::PeerId::from_bytes(bytes)
+        .map(|_| ())
+        .map_err(|e| ValidationError::new(field, Violation::Malformed(e.to_string())))
+}
+
+fn signature(field: &str, bytes: &[u8]) -> Checked {
+    match bytes.len() {
+        0 => Err(ValidationError::new(field, Violation::Missing)),
+        SIGNATURE_LEN => Ok(()),
+        n => Err(ValidationError::new(
+            field,
+            Violation::Malformed(format!(
+                "{n} bytes, an ed25519 signature has {SIGNATURE_LEN}"
+            )),
+        )),
+    }
+}
+
+fn node_type(field: &str, value: i32) -> Checked {
+    match pb::NodeType::try_from(value) {
+        Ok(pb::NodeType::Unspecified) => Err(ValidationError::new(field, Violation::Missing)),
+        Ok(_) => Ok(()),
+        Err(_) => Err(ValidationError::new(
+            field,
+            Violation::Malformed(format!("unknown node type {value}")),
+        )),
+    }
+}
+
+fn protocol_ids(field: &str, list: &[String]) -> Checked {
+    max_len(field, list.len(), limits::MAX_PROTOCOLS)?;
+    for (i, id) in list.iter().enumerate() {
+        let f = indexed(field, i);
+        max_len(&f, id.len(), limits::MAX_PROTOCOL_ID_LEN)?;
+        if !id.starts_with('/') || !id.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ValidationError::new(
+                f,
+                Violation::Malformed("a protocol id is printable ASCII starting with '/'".into()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn tokens(field: &str, list: &[u32], max: usize) -> Checked {
+    max_len(field, list.len(), max)?;
+    match list.iter().position(|&t| t > limits::MAX_TOKEN_ID) {
+        None => Ok(()),
+        Some(i) => int_range(
+            &indexed(field, i),
+            list[i].into(),
+            0,
+            limits::MAX_TOKEN_ID.into(),
+        ),
+    }
+}
+
+fn draft_k(field: &str, k: u32) -> Checked {
+    int_range(field, k.into(), 1, limits::MAX_DRAFT_K.into())
+}
+
+fn nested<T: Validate>(field: &str, value: Option<&T>, required: bool) -> Checked {
+    match value {
+        Some(v) => v.validate().map_err(|e| e.within(field)),
+        None if required => Err(ValidationError::new(field, Violation::Missing)),
+        None => Ok(()),
+    }
+}
+
+fn nonzero(field: &str, value: u64) -> Checked {
+    if value == 0 {
+        Err(ValidationError::new(field, Violation::Missing))
+    } else {
+        Ok(())
+    }
+}
+
+impl Validate for pb::HardwareInfo {
+    fn validate(&self) -> Checked {
+        max_len(
+            "gpu_model",
+            self.gpu_model.len(),
+            limits::MAX_HARDWARE_TEXT_LEN,
+        )?;
+        int_range(
+            "vram_gb",
+            self.vram_gb.into(),
+            0,
+            limits::MAX_HARDWARE_COUNT.into(),
+        )?;
+        max_len(
+            "npu_model",
+            self.npu_model.len(),
+            limits::MAX_HARDWARE_TEXT_LEN,
+        )?;
+        int_range(
+            "cpu_cores",
+            self.cpu_cores.into(),
+            0,
+            limits::MAX_HARDWARE_COUNT.into(),
+        )
+    }
+}
+
+impl Validate for pb::HandshakeMessage {
+    fn validate(&self) -> Checked {
+        if self.protocol_version.is_empty() {
+            return Err(ValidationError::new("protocol_version", Violation::Missing));
+        }
+        self.protocol_version
+            .parse::<ProtocolVersion>()
+            .map_err(|e| {
+                ValidationError::new("protocol_version", Violation::Malformed(e.to_string()))
+            })?;
+        node_type("node_type", self.node_type)?;
+        protocol_ids("supported_protocols", &self.supported_protocols)?;
+        nested("hardware_info", self.hardware_info.as_ref(), false)?;
+        public_key("public_key", &self.public_key)?;
+        cids("model_cids", &self.model_cids, limits::MAX_MODELS)?;
+        let is_oracle = self.node_type == pb::NodeType::Oracle as i32;
+        nested(
+            "oracle_certificate",
+            self.oracle_certificate.as_ref(),
+            is_oracle,
+        )?;
+        if !is_oracle && self.oracle_certificate.is_some() {
+            return Err(ValidationError::new(
+                "oracle_certificate",
+                Violation::Inconsistent("only oracles carry a certificate"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Validate for pb::OracleCertificate {
+    fn validate(&self) -> Checked {
+        public_key("oracle_public_key", &self.oracle_public_key)?;
+        public_key("network_public_key", &self.network_public_key)?;
+        nonzero("not_after_ms", self.not_after_ms)?;
+        if self.not_before_ms >= self.not_after_ms {
+            return Err(ValidationError::new(
+                "not_after_ms",
+                Violation::Inconsistent("must be later than not_before_ms"),
+            ));
+        }
+        signature("signature", &self.signature)
+    }
+}
+
+impl Validate for pb::ProtocolListRequest {
+    fn validate(&self) -> Checked {
+        Ok(())
+    }
+}
+
+impl Validate for pb::ProtocolList {
+    fn validate(&self) -> Checked {
+        protocol_ids("protocols", &self.protocols)
+    }
+}
+
+impl Validate for pb::MetricsRequest {
+    fn validate(&self) -> Checked {
+        Ok(())
+    }
+}
+
+impl Validate for pb::MetricsReport {
+    fn validate(&self) -> Checked {
+        float_range("load", self.load, 0.0, 1.0)?;
+        if self.draft_tokens_accepted > self.draft_tokens_proposed {
+            return Err(ValidationError::new(
+                "draft_tokens_accepted",
+                Violation::Inconsistent("cannot exceed draft_tokens_proposed"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Validate for pb::SamplingParams {
+    fn validate(&self) -> Checked {
+        float_range(
+            "temperature",
+            self.temperature,
+            0.0,
+            limits::MAX_TEMPERATURE,
+        )?;
+        float_range("top_p", self.top_p, 0.0, 1.0)
+    }
+}
+
+impl Validate for pb::WorkAssignment {
+    fn validate(&self) -> Checked {
+        cid("prompt_cid", &self.prompt_cid)?;
+        int_range(
+            "max_tokens",
+            self.max_tokens.into(),
+            1,
+            limits::MAX_NEW_TOKENS.into(),
+        )?;
+        int_range(
+            "priority",
+            self.priority.into(),
+            1,
+            limits::MAX_PRIORITY.into(),
+        )?;
+        cid("model_cid", &self.model_cid)?;
+        int_range("timeout_ms", self.timeout_ms, 1, limits::MAX_TIMEOUT_MS)?;
+        node_type("node_type", self.node_type)?;
+        draft_k("draft_k", self.draft_k)?;
+        nested("sampling", self.sampling.as_ref(), false)
+    }
+}
+
+impl Validate for pb::GossipWorkMessage {
+    fn validate(&self) -> Checked {
+        nested("assignment", self.assignment.as_ref(), true)?;
+        cids(
+            "prior_work_ids",
+            &self.prior_work_ids,
+            limits::MAX_PRIOR_WORK_IDS,
+        )?;
+        int_range("ttl", self.ttl.into(), 1, limits::MAX_WORK_TTL_S.into())?;
+        nonzero("issued_at_ms", self.issued_at_ms)
+    }
+}
+
+impl Validate for pb::ClaimRequest {
+    fn validate(&self) -> Checked {
+        cid("work_cid", &self.work_cid)?;
+        cid("model_cid", &self.model_cid)
+    }
+}
+
+impl Validate for pb::ClaimResponse {
+    fn validate(&self) -> Checked {
+        nested("ack", self.ack.as_ref(), true)?;
+        if self.ack.as_ref().is_some_and(|a| a.ok) {
+            nonzero("session_id", self.session_id)?;
+            required_len(
+                "context_tokens",
+                self.context_tokens.len(),
+                limits::MAX_CONTEXT_TOKENS,
+            )?;
+            tokens(
+                "context_tokens",
+                &self.context_tokens,
+                limits::MAX_CONTEXT_TOKENS,
+            )?;
+            draft_k("draft_k", self.draft_k)?;
+            nested("sampling", self.sampling.as_ref(), false)?;
+        }
+        Ok(())
+    }
+}
+
+impl Validate for pb::DraftRequest {
+    fn validate(&self) -> Checked {
+        cid("work_cid", &self.work_cid)?;
+        nonzero("session_id", self.session_id)?;
+        int_range("round", self.round.into(), 1, u32::MAX.into())?;
+        tokens(
+            "accepted_tokens",
+            &self.accepted_tokens,
+            limits::MAX_CONTEXT_TOKENS,
+        )?;
+        int_range(
+            "context_len",
+            self.context_len.into(),
+            self.accepted_tokens.len().max(1) as i64,
+            limits::MAX_CONTEXT_TOKENS as i64,
+        )?;
+        draft_k("draft_k", self.draft_k)?;
+        int_range(
+            "deadline_ms",
+            self.deadline_ms.into(),
+            1,
+            limits::MAX_DEADLINE_MS.into(),
+        )
+    }
+}
+
+impl Validate for pb::WorkResult {
+    fn validate(&self) -> Checked {
+        cid("work_cid", &self.work_cid)?;
+        cid("result_cid", &self.result_cid)?;
+        tokens(
+            "token_ids",
+            &self.token_ids,
+            limits::MAX_NEW_TOKENS as usize,
+        )?;
+        if ContentId::of_tokens(&self.token_ids).to_bytes() != self.result_cid {
+            return Err(ValidationError::new(
+                "result_cid",
+                Violation::Inconsistent("is not the content id of token_ids"),
+            ));
+        }
+        signature("proof", &self.proof)?;
+        int_range(
+            "inference_time_ms",
+            self.inference_time_ms.into(),
+            0,
+            limits::MAX_TIMEOUT_MS,
+        )?;
+        float_range("confidence_score", self.confidence_score, 0.0, 1.0)?;
+        if !self.draft_probs.is_empty() && self.draft_probs.len() != self.token_ids.len() {
+            return Err(ValidationError::new(
+                "draft_probs",
+                Violation::Inconsistent("needs one probability per token, or none"),
+            ));
+        }
+        for (i, &q) in self.draft_probs.iter().enumerate() {
+            let f = indexed("draft_probs", i);
+            float_range(&f, q, 0.0, 1.0)?;
+            if q == 0.0 {
+                // A drafted token had probability > 0 under the draft model, and
+                // the verifier divides by it.
+                return Err(ValidationError::new(
+                    f,
+                    Violation::Inconsistent("must be above 0"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Validate for pb::ResultBroadcast {
+    fn validate(&self) -> Checked {
+        cid("work_cid", &self.work_cid)?;
+        nested("result", self.result.as_ref(), true)?;
+        if let Some(result) = &self.result {
+            if result.work_cid != self.work_cid {
+                return Err(ValidationError::new(
+                    "result.work_cid",
+                    Violation::Inconsistent("differs from work_cid"),
+                ));
+            }
+            if !result.verified {
+                return Err(ValidationError::new(
+                    "result.verified",
+                    Violation::Inconsistent("a broadcast result must be verified"),
+                ));
+            }
+        }
+        signature("verification_signature", &self.verification_signature)?;
+        float_range("confidence_score", self.confidence_score, 0.0, 1.0)?;
+        float_range("proof_strength", self.proof_strength, 0.0, 1.0)?;
+        nested("certificate", self.certificate.as_ref(), true)?;
+        nonzero("issued_at_ms", self.issued_at_ms)?;
+        int_range("ttl", self.ttl.into(), 1, limits::MAX_RESULT_TTL_S.into())
+    }
+}
+
+impl Validate for pb::NodeInfo {
+    fn validate(&self) -> Checked {
+        peer_id("peer_id", &self.peer_id)?;
+        node_type("node_type", self.node_type)?;
+        protocol_ids("supported_protocols", &self.supported_protocols)?;
+        nested("hardware_info", self.hardware_info.as_ref(), false)?;
+        cids("model_cids", &self.model_cids, limits::MAX_MODELS)
+    }
+}
+
+impl Validate for pb::AddressInfo {
+    fn validate(&self) -> Checked {
+        peer_id("peer_id", &self.peer_id)?;
+        required_len("multiaddr", self.multiaddr.len(), limits::MAX_MULTIADDR_LEN)?;
+        self.multiaddr
+            .parse::<libp2p::Multiaddr>()
+            .map(|_| ())
+            .map_err(|e| ValidationError::new("multiaddr", Violation::Malformed(e.to_string())))
+    }
+}
+
+impl Validate for pb::TopologyMessage {
+    fn validate(&self) -> Checked {
+        max_len("nodes", self.nodes.len(), limits::MAX_TOPOLOGY_NODES)?;
+        for (i, node) in self.nodes.iter().enumerate() {
+            node.validate()
+                .map_err(|e| e.within(&indexed("nodes", i)))?;
+        }
+        nonzero("timestamp", self.timestamp.into())?;
+        max_len(
+            "listen_addrs",
+            self.listen_addrs.len(),
+            limits::MAX_LISTEN_ADDRS,
+        )?;
+        for (i, addr) in self.listen_addrs.iter().enumerate() {
+            addr.validate()
+                .map_err(|e| e.within(&indexed("listen_addrs", i)))?;
+        }
+        Ok(())
+    }
+}
+
+impl Validate for pb::GoldenTicket {
+    fn validate(&self) -> Checked {
+        cid("work_cid", &self.work_cid)?;
+        required_len("prompt", self.prompt.len(), limits::MAX_TEXT_BYTES)?;
+        max_len(
+            "correct_answer",
+            self.correct_answer.len(),
+            limits::MAX_TEXT_BYTES,
+        )?;
+        required_len(
+            "expected_token_ids",
+            self.expected_token_ids.len(),
+            limits::MAX_NEW_TOKENS as usize,
+        )?;
+        tokens(
+            "expected_token_ids",
+            &self.expected_token_ids,
+            limits::MAX_NEW_TOKENS as usize,
+        )
+    }
+}
+
+impl Validate for pb::ErrorDetail {
+    fn validate(&self) -> Checked {
+        if ErrorCode::from_name(&self.code).is_none() {
+            return Err(ValidationError::new(
+                "code",
+                Violation::Malformed("not an error code of seed 004".into()),
+            ));
+        }
+        max_len("message", self.message.len(), limits::MAX_DETAIL_LEN)?;
+        max_len("field", self.field.len(), limits::MAX_FIELD_PATH_LEN)
+    }
+}
+
+impl Validate for pb::Ack {
+    fn validate(&self) -> Checked {
+        max_len("detail", self.detail.len(), limits::MAX_DETAIL_LEN)?;
+        max_len("errors", self.errors.len(), limits::MAX_ERRORS)?;
+        for (i, e) in self.errors.iter().enumerate() {
+            e.validate()
+                .map_err(|err| err.within(&indexed("errors", i)))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,7 @@
+//! The Shard web app.
+//!
+//! It will be a leptos (CSR) app, built by trunk (`trunk.toml` at the repository
+//! root) and served by the oracle: a "contribute" button that turns the tab into a
+//! scout, a leech console, and a view of the network.
+
+fn main() {}
