@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Starts the oracle with the web app on the default model, installing what is missing.
+#
+#   scripts/run-oracle.sh                  serve the default model
+#   scripts/run-oracle.sh ARGS...          run the oracle with these arguments instead
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/setup.sh
+source scripts/setup.sh
+setup_main rust
+ensure_model
+say "building the oracle (release)"
+cargo build --locked --release -p oracle
+if [ "$#" -eq 0 ]; then
+    set -- serve --model "$SHARD_MODELS_DIR/$DEFAULT_MODEL"
+fi
+exec "${CARGO_TARGET_DIR:-target}/release/oracle" "$@"

