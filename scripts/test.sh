@@ -61,10 +61,24 @@ step "setup" setup_main all
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy (native, -D warnings)" cargo clippy --locked --workspace --all-targets -- -D warnings
 step "cargo clippy (wasm32, -D warnings)" scripts/wasm-cargo clippy --locked -p shared-proto -- -D warnings
-step "cargo test" cargo test --locked --workspace
+RESULTS="$(mktemp)"
+trap 'rm -f "$RESULTS"' EXIT
+cargo_tests() {
+    cargo test --locked --workspace 2>&1 | tee "$RESULTS"
+}
+browser_tests() {
+    (cd playwright && npx playwright test) 2>&1 | tee -a "$RESULTS"
+}
+# Sums cargo's "test result: ok. N passed" lines and Playwright's "N passed".
+count_passed() {
+    awk '/^test result:/ { n += $4 } /^ *[0-9]+ passed/ { n += $1 } END { print n + 0 }' "$RESULTS"
+}
+
+step "cargo test" cargo_tests
 step "wasm32 build" scripts/wasm-cargo build --locked -p shared-proto
 step "web app build (trunk, offline)" env TRUNK_OFFLINE=true trunk build --config trunk.toml
 step "fuzz target" fuzz_smoke
 step "setup: corrupted model is fetched again" model_refetch_check
-step "browser tests (Playwright, Debian chromium)" bash -c 'cd playwright && npx playwright test'
+step "browser tests (Playwright, Debian chromium)" browser_tests
 say "all tests passed in $((SECONDS - started))s"
+echo "$(count_passed) passed, 0 failed"
