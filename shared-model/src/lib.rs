@@ -1,7 +1,12 @@
 //! The language model that oracles and scouts both run.
 //!
-//! This crate will hold (issue 3): a GGUF reader with dequantisation, the tokenizer
-//! built from GGUF metadata, a Llama-family transformer on burn that is generic over
-//! the backend and returns logits for every new position, a KV cache that can be
-//! rolled back, sampling, and the greedy and sampling speculative verifiers. It
-//! builds for native targets and for `wasm32-unknown-unknown`.
+//! - [`gguf`]: GGUF files — metadata, tensor directory, lazy tensor reads,
+//!   dequantisation (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K).
+//!
+//! Still to come (issue 3): the tokenizer built from GGUF metadata, a
+//! Llama-family transformer on burn that returns logits for every new position,
+//! a KV cache that can be rolled back, sampling, and the speculative verifiers.
+//! The crate builds for native targets and for `wasm32-unknown-unknown`.
+#![deny(missing_docs)]
+
+pub mod gguf;
