@@ -3,10 +3,14 @@
 //! - [`gguf`]: GGUF files — metadata, tensor directory, lazy tensor reads,
 //!   dequantisation (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K).
 //!
-//! Still to come (issue 3): the tokenizer built from GGUF metadata, a
+//! - [`tokenizer`]: byte-level BPE and SentencePiece vocabularies from GGUF
+//!   metadata, with llama.cpp's token ids, and streaming UTF-8 decoding.
+//!
+//! Still to come (issue 3): a
 //! Llama-family transformer on burn that returns logits for every new position,
 //! a KV cache that can be rolled back, sampling, and the speculative verifiers.
 //! The crate builds for native targets and for `wasm32-unknown-unknown`.
 #![deny(missing_docs)]
 
 pub mod gguf;
+pub mod tokenizer;

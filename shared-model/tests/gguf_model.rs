@@ -23,7 +23,10 @@ fn the_default_model_parses_and_every_tensor_dequantises() {
     assert_eq!(g.tensors.len(), 30 * 9 + 2);
     let types: std::collections::BTreeSet<_> =
         g.tensors.iter().map(|t| t.ggml_type.name()).collect();
-    assert_eq!(types.into_iter().collect::<Vec<_>>(), ["F32", "Q4_1", "Q8_0"]);
+    assert_eq!(
+        types.into_iter().collect::<Vec<_>>(),
+        ["F32", "Q4_1", "Q8_0"]
+    );
 
     let embd = g.tensor_info("token_embd.weight").unwrap().clone();
     assert_eq!(embd.dims, vec![576, 49152]);
@@ -32,6 +35,9 @@ fn the_default_model_parses_and_every_tensor_dequantises() {
     for name in names {
         let (dims, values) = g.tensor_f32(&name).unwrap();
         assert_eq!(values.len() as u64, dims.iter().product::<u64>());
-        assert!(values.iter().all(|v| v.is_finite()), "{name} has a non-finite value");
+        assert!(
+            values.iter().all(|v| v.is_finite()),
+            "{name} has a non-finite value"
+        );
     }
 }

@@ -197,6 +197,12 @@ impl Value {
 #[derive(Debug, Clone, Default)]
 pub struct Metadata(BTreeMap<String, Value>);
 
+impl From<BTreeMap<String, Value>> for Metadata {
+    fn from(map: BTreeMap<String, Value>) -> Self {
+        Metadata(map)
+    }
+}
+
 impl Metadata {
     /// The raw value of `key`.
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -210,8 +216,13 @@ impl Metadata {
 
     /// A required unsigned integer.
     pub fn u64(&self, key: &str) -> Result<u64, GgufError> {
-        let v = self.get(key).ok_or_else(|| GgufError::MissingKey(key.to_owned()))?;
-        v.as_u64().ok_or_else(|| GgufError::WrongType { key: key.to_owned(), expected: "an unsigned integer" })
+        let v = self
+            .get(key)
+            .ok_or_else(|| GgufError::MissingKey(key.to_owned()))?;
+        v.as_u64().ok_or_else(|| GgufError::WrongType {
+            key: key.to_owned(),
+            expected: "an unsigned integer",
+        })
     }
 
     /// A required integer that must fit in `usize` (and be at most `max`).
@@ -219,26 +230,44 @@ impl Metadata {
         let v = self.u64(key)?;
         match usize::try_from(v) {
             Ok(n) if n <= max => Ok(n),
-            _ => Err(GgufError::WrongType { key: key.to_owned(), expected: "a smaller integer" }),
+            _ => Err(GgufError::WrongType {
+                key: key.to_owned(),
+                expected: "a smaller integer",
+            }),
         }
     }
 
     /// A required float.
     pub fn f64(&self, key: &str) -> Result<f64, GgufError> {
-        let v = self.get(key).ok_or_else(|| GgufError::MissingKey(key.to_owned()))?;
-        v.as_f64().ok_or_else(|| GgufError::WrongType { key: key.to_owned(), expected: "a number" })
+        let v = self
+            .get(key)
+            .ok_or_else(|| GgufError::MissingKey(key.to_owned()))?;
+        v.as_f64().ok_or_else(|| GgufError::WrongType {
+            key: key.to_owned(),
+            expected: "a number",
+        })
     }
 
     /// A required string.
     pub fn str(&self, key: &str) -> Result<&str, GgufError> {
-        let v = self.get(key).ok_or_else(|| GgufError::MissingKey(key.to_owned()))?;
-        v.as_str().ok_or_else(|| GgufError::WrongType { key: key.to_owned(), expected: "a string" })
+        let v = self
+            .get(key)
+            .ok_or_else(|| GgufError::MissingKey(key.to_owned()))?;
+        v.as_str().ok_or_else(|| GgufError::WrongType {
+            key: key.to_owned(),
+            expected: "a string",
+        })
     }
 
     /// A required array.
     pub fn array(&self, key: &str) -> Result<&[Value], GgufError> {
-        let v = self.get(key).ok_or_else(|| GgufError::MissingKey(key.to_owned()))?;
-        v.as_array().ok_or_else(|| GgufError::WrongType { key: key.to_owned(), expected: "an array" })
+        let v = self
+            .get(key)
+            .ok_or_else(|| GgufError::MissingKey(key.to_owned()))?;
+        v.as_array().ok_or_else(|| GgufError::WrongType {
+            key: key.to_owned(),
+            expected: "an array",
+        })
     }
 }
 
@@ -282,7 +311,9 @@ impl<T: AsRef<[u8]>> GgufSource for io::Cursor<T> {
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let bytes = self.get_ref().as_ref();
         let start = usize::try_from(offset).map_err(|_| io::ErrorKind::UnexpectedEof)?;
-        let end = start.checked_add(buf.len()).ok_or(io::ErrorKind::UnexpectedEof)?;
+        let end = start
+            .checked_add(buf.len())
+            .ok_or(io::ErrorKind::UnexpectedEof)?;
         let src = bytes.get(start..end).ok_or(io::ErrorKind::UnexpectedEof)?;
         buf.copy_from_slice(src);
         Ok(())
@@ -344,7 +375,10 @@ impl<S: GgufSource> Gguf<S> {
     pub fn tensor_f32(&mut self, name: &str) -> Result<(Vec<u64>, Vec<f32>), GgufError> {
         let (info, bytes) = self.tensor_bytes(name)?;
         if !info.ggml_type.can_dequantize() {
-            return Err(GgufError::UnsupportedType { tensor: info.name, ggml_type: info.ggml_type.name() });
+            return Err(GgufError::UnsupportedType {
+                tensor: info.name,
+                ggml_type: info.ggml_type.name(),
+            });
         }
         let n = usize::try_from(info.n_elements()).map_err(|_| GgufError::TensorSize {
             tensor: info.name.clone(),
@@ -365,11 +399,20 @@ struct Header {
 
 impl Header {
     fn with_source<S>(self, source: S) -> Gguf<S> {
-        Gguf { version: self.version, metadata: self.metadata, tensors: self.tensors, source }
+        Gguf {
+            version: self.version,
+            metadata: self.metadata,
+            tensors: self.tensors,
+            source,
+        }
     }
 
     fn read<R: Read>(reader: R, file_len: u64) -> Result<Header, GgufError> {
-        let mut r = Reader { inner: reader, pos: 0, len: file_len };
+        let mut r = Reader {
+            inner: reader,
+            pos: 0,
+            len: file_len,
+        };
         let magic: [u8; 4] = r.array("magic")?;
         if magic != MAGIC {
             return Err(GgufError::BadMagic(magic));
@@ -391,7 +434,10 @@ impl Header {
             let type_id = u32::from_le_bytes(r.array("metadata value type")?);
             let value = r.value(&key, type_id, 0)?;
             if metadata.insert(key.clone(), value).is_some() {
-                return Err(GgufError::Duplicate { what: "key", name: key });
+                return Err(GgufError::Duplicate {
+                    what: "key",
+                    name: key,
+                });
             }
         }
         let metadata = Metadata(metadata);
@@ -413,12 +459,19 @@ impl Header {
             let name = r.string("tensor name", MAX_NAME_LEN)?;
             let n_dims = u32::from_le_bytes(r.array("tensor rank")?);
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(GgufError::TensorSize { tensor: name, detail: format!("rank {n_dims}") });
+                return Err(GgufError::TensorSize {
+                    tensor: name,
+                    detail: format!("rank {n_dims}"),
+                });
             }
-            let dims = (0..n_dims).map(|_| r.u64("tensor dimension")).collect::<Result<Vec<_>, _>>()?;
+            let dims = (0..n_dims)
+                .map(|_| r.u64("tensor dimension"))
+                .collect::<Result<Vec<_>, _>>()?;
             let type_id = u32::from_le_bytes(r.array("tensor type")?);
-            let ggml_type = GgmlType::from_id(type_id)
-                .ok_or_else(|| GgufError::UnknownType { tensor: name.clone(), type_id })?;
+            let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| GgufError::UnknownType {
+                tensor: name.clone(),
+                type_id,
+            })?;
             let offset = r.u64("tensor offset")?;
             raw.push((name, dims, ggml_type, offset));
         }
@@ -429,9 +482,14 @@ impl Header {
         let mut names = std::collections::HashSet::new();
         for (name, dims, ggml_type, offset) in raw {
             let size = tensor_size(&name, &dims, ggml_type)?;
-            let bad = |detail: String| GgufError::TensorSize { tensor: name.clone(), detail };
+            let bad = |detail: String| GgufError::TensorSize {
+                tensor: name.clone(),
+                detail,
+            };
             if offset % alignment != 0 {
-                return Err(bad(format!("offset {offset} is not aligned to {alignment}")));
+                return Err(bad(format!(
+                    "offset {offset} is not aligned to {alignment}"
+                )));
             }
             match offset.checked_add(size) {
                 Some(end) if end <= data_len => {}
@@ -442,24 +500,43 @@ impl Header {
                 }
             }
             if !names.insert(name.clone()) {
-                return Err(GgufError::Duplicate { what: "tensor", name });
+                return Err(GgufError::Duplicate {
+                    what: "tensor",
+                    name,
+                });
             }
-            tensors.push(TensorInfo { name, dims, ggml_type, offset: data_start + offset, size });
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ggml_type,
+                offset: data_start + offset,
+                size,
+            });
         }
-        Ok(Header { version, metadata, tensors })
+        Ok(Header {
+            version,
+            metadata,
+            tensors,
+        })
     }
 }
 
 /// Bytes taken by a tensor of `dims` and `ty`, checking that rows are whole blocks.
 fn tensor_size(name: &str, dims: &[u64], ty: GgmlType) -> Result<u64, GgufError> {
-    let bad = |detail: String| GgufError::TensorSize { tensor: name.to_owned(), detail };
+    let bad = |detail: String| GgufError::TensorSize {
+        tensor: name.to_owned(),
+        detail,
+    };
     let n = dims
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| bad(format!("dimensions {dims:?} overflow")))?;
     let (block, type_size) = ty.block_geometry();
     if dims[0] % block as u64 != 0 {
-        return Err(bad(format!("row of {} values is not a whole number of {block}-value blocks", dims[0])));
+        return Err(bad(format!(
+            "row of {} values is not a whole number of {block}-value blocks",
+            dims[0]
+        )));
     }
     (n / block as u64)
         .checked_mul(type_size as u64)
@@ -480,7 +557,11 @@ impl<R: Read> Reader<R> {
 
     fn check_count(&self, what: &'static str, count: u64, min_each: u64) -> Result<(), GgufError> {
         if count.saturating_mul(min_each) > self.remaining() {
-            return Err(GgufError::TooLarge { what, value: count, remaining: self.remaining() });
+            return Err(GgufError::TooLarge {
+                what,
+                value: count,
+                remaining: self.remaining(),
+            });
         }
         Ok(())
     }
@@ -507,7 +588,11 @@ impl<R: Read> Reader<R> {
     fn string(&mut self, what: &'static str, max: u64) -> Result<String, GgufError> {
         let len = self.u64(what)?;
         if len > max.min(self.remaining()) {
-            return Err(GgufError::TooLarge { what, value: len, remaining: self.remaining() });
+            return Err(GgufError::TooLarge {
+                what,
+                value: len,
+                remaining: self.remaining(),
+            });
         }
         let mut buf = vec![0u8; len as usize];
         self.fill(what, &mut buf)?;
@@ -528,7 +613,9 @@ impl<R: Read> Reader<R> {
             8 => Value::String(self.string("metadata string", u64::MAX)?),
             9 => {
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(GgufError::TooDeep { key: key.to_owned() });
+                    return Err(GgufError::TooDeep {
+                        key: key.to_owned(),
+                    });
                 }
                 let elem_type = u32::from_le_bytes(self.array("array element type")?);
                 let count = self.u64("array length")?;
@@ -539,7 +626,12 @@ impl<R: Read> Reader<R> {
                     10..=12 => 8,
                     8 => 8,  // a string is at least its length
                     9 => 12, // an array is at least its type and length
-                    other => return Err(GgufError::BadValueType { key: key.to_owned(), type_id: other }),
+                    other => {
+                        return Err(GgufError::BadValueType {
+                            key: key.to_owned(),
+                            type_id: other,
+                        });
+                    }
                 };
                 self.check_count("array length", count, min_each)?;
                 let mut items = Vec::with_capacity(count as usize);
@@ -551,7 +643,12 @@ impl<R: Read> Reader<R> {
             10 => Value::U64(u64::from_le_bytes(self.array(WHAT)?)),
             11 => Value::I64(i64::from_le_bytes(self.array(WHAT)?)),
             12 => Value::F64(f64::from_le_bytes(self.array(WHAT)?)),
-            other => return Err(GgufError::BadValueType { key: key.to_owned(), type_id: other }),
+            other => {
+                return Err(GgufError::BadValueType {
+                    key: key.to_owned(),
+                    type_id: other,
+                });
+            }
         })
     }
 }

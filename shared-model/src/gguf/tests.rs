@@ -12,7 +12,14 @@ struct Builder {
 
 impl Builder {
     fn new() -> Self {
-        Builder { kv: vec![], n_kv: 0, infos: vec![], n_tensors: 0, data: vec![], version: 3 }
+        Builder {
+            kv: vec![],
+            n_kv: 0,
+            infos: vec![],
+            n_tensors: 0,
+            data: vec![],
+            version: 3,
+        }
     }
 
     fn string(out: &mut Vec<u8>, s: &str) {
@@ -100,14 +107,23 @@ fn reads_metadata_and_tensors() {
     assert_eq!(g.metadata.str("general.architecture").unwrap(), "llama");
     assert_eq!(g.metadata.u64("llama.block_count").unwrap(), 2);
     assert_eq!(g.metadata.array("tokenizer.ggml.tokens").unwrap().len(), 3);
-    assert!(matches!(g.metadata.str("llama.block_count"), Err(GgufError::WrongType { .. })));
-    assert!(matches!(g.metadata.u64("nope"), Err(GgufError::MissingKey(_))));
+    assert!(matches!(
+        g.metadata.str("llama.block_count"),
+        Err(GgufError::WrongType { .. })
+    ));
+    assert!(matches!(
+        g.metadata.u64("nope"),
+        Err(GgufError::MissingKey(_))
+    ));
     let (dims, w) = g.tensor_f32("w").unwrap();
     assert_eq!(dims, vec![2, 3]);
     assert_eq!(w, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
     assert_eq!(g.tensor_f32("v").unwrap().1, vec![-1.0, 0.5, 0.25, 8.0]);
     assert!(g.tensor_info("v").unwrap().offset % 32 == 0);
-    assert!(matches!(g.tensor_f32("missing"), Err(GgufError::MissingTensor(_))));
+    assert!(matches!(
+        g.tensor_f32("missing"),
+        Err(GgufError::MissingTensor(_))
+    ));
 }
 
 #[test]
@@ -129,48 +145,82 @@ fn every_truncation_is_an_error_not_a_panic() {
 fn header_errors_are_typed() {
     let mut bytes = sample();
     bytes[0] = b'X';
-    assert!(matches!(Gguf::from_bytes(&bytes), Err(GgufError::BadMagic(_))));
+    assert!(matches!(
+        Gguf::from_bytes(&bytes),
+        Err(GgufError::BadMagic(_))
+    ));
 
     let mut b = Builder::new();
     b.version = 1;
-    assert!(matches!(Gguf::from_bytes(b.build()), Err(GgufError::UnsupportedVersion(1))));
+    assert!(matches!(
+        Gguf::from_bytes(b.build()),
+        Err(GgufError::UnsupportedVersion(1))
+    ));
 
     // A tensor count of 2^60 in a tiny file: refused before allocating.
     let mut bytes = sample();
     bytes[8..16].copy_from_slice(&(1u64 << 60).to_le_bytes());
-    assert!(matches!(Gguf::from_bytes(&bytes), Err(GgufError::TooLarge { what: "tensor count", .. })));
+    assert!(matches!(
+        Gguf::from_bytes(&bytes),
+        Err(GgufError::TooLarge {
+            what: "tensor count",
+            ..
+        })
+    ));
 
     // A string length of 2^62.
     let mut bytes = sample();
     bytes[24..32].copy_from_slice(&(1u64 << 62).to_le_bytes());
-    assert!(matches!(Gguf::from_bytes(&bytes), Err(GgufError::TooLarge { .. })));
+    assert!(matches!(
+        Gguf::from_bytes(&bytes),
+        Err(GgufError::TooLarge { .. })
+    ));
 
     let dup = Builder::new().kv_u32("k", 1).kv_u32("k", 2).build();
-    assert!(matches!(Gguf::from_bytes(dup), Err(GgufError::Duplicate { what: "key", .. })));
+    assert!(matches!(
+        Gguf::from_bytes(dup),
+        Err(GgufError::Duplicate { what: "key", .. })
+    ));
 
     let unknown = Builder::new().tensor("t", &[4], 99, &[0; 16]).build();
-    assert!(matches!(Gguf::from_bytes(unknown), Err(GgufError::UnknownType { type_id: 99, .. })));
+    assert!(matches!(
+        Gguf::from_bytes(unknown),
+        Err(GgufError::UnknownType { type_id: 99, .. })
+    ));
 
     // Q8_0 rows must be whole 32-value blocks.
     let ragged = Builder::new().tensor("t", &[16], 8, &[0; 34]).build();
-    assert!(matches!(Gguf::from_bytes(ragged), Err(GgufError::TensorSize { .. })));
+    assert!(matches!(
+        Gguf::from_bytes(ragged),
+        Err(GgufError::TensorSize { .. })
+    ));
 
     // Data that runs past the end of the file.
     let short = Builder::new().tensor("t", &[64], 0, &[0; 16]).build();
     let err = Gguf::from_bytes(short).err().unwrap();
     assert!(err.to_string().contains("run past"), "{err}");
 
-    let rank5 = Builder::new().tensor("t", &[1, 1, 1, 1, 1], 0, &[0; 4]).build();
-    assert!(matches!(Gguf::from_bytes(rank5), Err(GgufError::TensorSize { .. })));
+    let rank5 = Builder::new()
+        .tensor("t", &[1, 1, 1, 1, 1], 0, &[0; 4])
+        .build();
+    assert!(matches!(
+        Gguf::from_bytes(rank5),
+        Err(GgufError::TensorSize { .. })
+    ));
 }
 
 #[test]
 fn unsupported_types_name_the_tensor_and_type() {
     // Q5_K (id 13) parses (its geometry is known) but cannot be dequantised.
-    let bytes = Builder::new().tensor("blk.3.ffn_down.weight", &[256], 13, &[0; 176]).build();
+    let bytes = Builder::new()
+        .tensor("blk.3.ffn_down.weight", &[256], 13, &[0; 176])
+        .build();
     let mut g = Gguf::from_bytes(bytes).unwrap();
     let err = g.tensor_f32("blk.3.ffn_down.weight").unwrap_err();
-    assert_eq!(err.to_string(), "tensor blk.3.ffn_down.weight has type Q5_K, which is not supported");
+    assert_eq!(
+        err.to_string(),
+        "tensor blk.3.ffn_down.weight has type Q5_K, which is not supported"
+    );
 }
 
 proptest::proptest! {

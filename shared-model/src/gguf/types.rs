@@ -150,7 +150,12 @@ fn f16_at(bytes: &[u8], at: usize) -> f32 {
 /// exactly the number of values those blocks encode.
 ///
 /// `tensor` only names the tensor in errors.
-pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32], tensor: &str) -> Result<(), GgufError> {
+pub fn dequantize(
+    ty: GgmlType,
+    bytes: &[u8],
+    out: &mut [f32],
+    tensor: &str,
+) -> Result<(), GgufError> {
     let (block, type_size) = ty.block_geometry();
     if out.len() % block != 0 || bytes.len() != out.len() / block * type_size {
         return Err(GgufError::TensorSize {
@@ -162,7 +167,9 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32], tensor: &str) -> 
             ),
         });
     }
-    let blocks = bytes.chunks_exact(type_size).zip(out.chunks_exact_mut(block));
+    let blocks = bytes
+        .chunks_exact(type_size)
+        .zip(out.chunks_exact_mut(block));
     match ty {
         GgmlType::F32 => {
             for (b, y) in blocks {
@@ -219,7 +226,10 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32], tensor: &str) -> 
             }
         }
         other => {
-            return Err(GgufError::UnsupportedType { tensor: tensor.to_owned(), ggml_type: other.name() });
+            return Err(GgufError::UnsupportedType {
+                tensor: tensor.to_owned(),
+                ggml_type: other.name(),
+            });
         }
     }
     Ok(())
@@ -316,8 +326,13 @@ mod tests {
             dequantize(GgmlType::Q8_0, &[0u8; 33], &mut out, "w"),
             Err(GgufError::TensorSize { .. })
         ));
-        let err = dequantize(GgmlType::Q5_K, &[0u8; 176], &mut [0f32; 256], "blk.0.ffn_up.weight")
-            .unwrap_err();
+        let err = dequantize(
+            GgmlType::Q5_K,
+            &[0u8; 176],
+            &mut [0f32; 256],
+            "blk.0.ffn_up.weight",
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "tensor blk.0.ffn_up.weight has type Q5_K, which is not supported"
