@@ -36,36 +36,42 @@ pub enum FrameError {
     },
     /// The length prefix is not a valid unsigned varint.
     #[error("invalid length prefix: {0}")]
-    Varint(#[from] VarintError),
+    Varint(VarintError),
     /// Bytes follow a complete frame where none were expected.
     #[error("{0} unexpected bytes after the frame")]
     TrailingBytes(usize),
     /// The body is not a valid protobuf encoding of the expected type.
-    #[error("{message} does not decode: {source}")]
+    #[error("{message} does not decode: {reason}")]
     Decode {
         /// Expected message type.
         message: &'static str,
         /// What prost reported.
-        source: prost::DecodeError,
+        reason: prost::DecodeError,
     },
     /// The message decoded but breaks a constraint of the protocol.
-    #[error("{message} is invalid: {source}")]
+    #[error("{message} is invalid: {error}")]
     Invalid {
         /// Message type.
         message: &'static str,
         /// The first field found in breach.
-        source: ValidationError,
+        error: ValidationError,
     },
     /// The underlying stream failed.
-    #[error("i/o error: {0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+impl From<VarintError> for FrameError {
+    fn from(e: VarintError) -> Self {
+        FrameError::Varint(e)
+    }
 }
 
 impl FrameError {
     /// The validation error, when that is what rejected the frame.
     pub fn validation(&self) -> Option<&ValidationError> {
         match self {
-            FrameError::Invalid { source, .. } => Some(source),
+            FrameError::Invalid { error, .. } => Some(error),
             _ => None,
         }
     }
@@ -131,13 +137,13 @@ fn check_len<T: WireMessage>(len: u64) -> Result<usize, FrameError> {
 }
 
 fn decode_body<T: WireMessage>(body: &[u8]) -> Result<T, FrameError> {
-    let msg = T::decode(body).map_err(|source| FrameError::Decode {
+    let msg = T::decode(body).map_err(|reason| FrameError::Decode {
         message: T::NAME,
-        source,
+        reason,
     })?;
-    msg.validate().map_err(|source| FrameError::Invalid {
+    msg.validate().map_err(|error| FrameError::Invalid {
         message: T::NAME,
-        source,
+        error,
     })?;
     Ok(msg)
 }
@@ -146,9 +152,9 @@ fn decode_body<T: WireMessage>(body: &[u8]) -> Result<T, FrameError> {
 ///
 /// Refuses to produce a frame that a conforming reader would reject.
 pub fn encode<T: WireMessage>(msg: &T) -> Result<Vec<u8>, FrameError> {
-    msg.validate().map_err(|source| FrameError::Invalid {
+    msg.validate().map_err(|error| FrameError::Invalid {
         message: T::NAME,
-        source,
+        error,
     })?;
     let len = msg.encoded_len();
     check_len::<T>(len as u64)?;

@@ -28,10 +28,10 @@ pub enum SignatureError {
     BadSignature,
     /// A key field does not decode as a libp2p public key.
     #[error("malformed public key: {0}")]
-    MalformedKey(#[from] DecodingError),
+    MalformedKey(DecodingError),
     /// The key could not sign (only non-ed25519 key types can fail here).
     #[error("signing failed: {0}")]
-    Signing(#[from] SigningError),
+    Signing(SigningError),
     /// The certificate is signed by a key other than the network key we trust.
     #[error("certificate is from an untrusted network key")]
     UntrustedNetworkKey,
@@ -62,6 +62,18 @@ pub enum SignatureError {
     /// A message that must carry a certificate carries none.
     #[error("no oracle certificate attached")]
     MissingCertificate,
+}
+
+impl From<DecodingError> for SignatureError {
+    fn from(e: DecodingError) -> Self {
+        SignatureError::MalformedKey(e)
+    }
+}
+
+impl From<SigningError> for SignatureError {
+    fn from(e: SigningError) -> Self {
+        SignatureError::Signing(e)
+    }
 }
 
 /// A message with a signature field of its own.

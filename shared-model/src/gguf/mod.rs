@@ -116,7 +116,7 @@ pub enum GgufError {
         expected: &'static str,
     },
     /// Reading the file failed.
-    #[error("i/o error: {0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 

@@ -26,7 +26,7 @@ pub use stream::StreamDecoder;
 #[derive(Debug, Error)]
 pub enum TokenizerError {
     /// A required key is missing or has the wrong type.
-    #[error("tokenizer metadata: {0}")]
+    #[error(transparent)]
     Metadata(#[from] crate::gguf::GgufError),
     /// A vocabulary kind we do not implement.
     #[error("tokenizer model `{0}` is not supported (gpt2 and llama are)")]
