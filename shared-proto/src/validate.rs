@@ -26,6 +26,8 @@ pub mod limits {
     pub const MAX_CONTEXT_TOKENS: usize = 16_384;
     /// Most tokens drafted per round.
     pub const MAX_DRAFT_K: u32 = 16;
+    /// Most tokens in the support of one draft distribution.
+    pub const MAX_DRAFT_SUPPORT: usize = 256;
     /// Largest token id any vocabulary may use (24 bits).
     pub const MAX_TOKEN_ID: u32 = (1 << 24) - 1;
     /// Longest timeout for a piece of work.
@@ -588,23 +590,61 @@ impl Validate for pb::WorkResult {
             limits::MAX_TIMEOUT_MS,
         )?;
         float_range("confidence_score", self.confidence_score, 0.0, 1.0)?;
-        if !self.draft_probs.is_empty() && self.draft_probs.len() != self.token_ids.len() {
+        let dists = &self.draft_distributions;
+        if !dists.is_empty() && dists.len() != self.token_ids.len() {
             return Err(ValidationError::new(
-                "draft_probs",
-                Violation::Inconsistent("needs one probability per token, or none"),
+                "draft_distributions",
+                Violation::Inconsistent("needs one distribution per token, or none"),
             ));
         }
-        for (i, &q) in self.draft_probs.iter().enumerate() {
-            let f = indexed("draft_probs", i);
-            float_range(&f, q, 0.0, 1.0)?;
-            if q == 0.0 {
-                // A drafted token had probability > 0 under the draft model, and
-                // the verifier divides by it.
+        for (i, (dist, &token)) in dists.iter().zip(&self.token_ids).enumerate() {
+            let f = indexed("draft_distributions", i);
+            dist.validate().map_err(|e| e.within(&f))?;
+            // The drafted token was drawn from this distribution, so it must be
+            // in its support (the verifier divides by its probability).
+            let drawn = dist.token_ids.iter().position(|&t| t == token);
+            if drawn.is_none_or(|j| dist.probs[j] <= 0.0) {
                 return Err(ValidationError::new(
                     f,
-                    Violation::Inconsistent("must be above 0"),
+                    Violation::Inconsistent("gives the drafted token probability 0"),
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Validate for pb::SparseDistribution {
+    fn validate(&self) -> Checked {
+        required_len("token_ids", self.token_ids.len(), limits::MAX_DRAFT_SUPPORT)?;
+        tokens("token_ids", &self.token_ids, limits::MAX_DRAFT_SUPPORT)?;
+        if self.probs.len() != self.token_ids.len() {
+            return Err(ValidationError::new(
+                "probs",
+                Violation::Inconsistent("needs one probability per token id"),
+            ));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(self.token_ids.len());
+        if let Some(i) = self.token_ids.iter().position(|t| !seen.insert(*t)) {
+            return Err(ValidationError::new(
+                indexed("token_ids", i),
+                Violation::Inconsistent("repeats a token id"),
+            ));
+        }
+        for (i, &p) in self.probs.iter().enumerate() {
+            float_range(&indexed("probs", i), p, 0.0, 1.0)?;
+        }
+        let total: f64 = self.probs.iter().map(|&p| f64::from(p)).sum();
+        // f32 rounding of a normalised distribution stays far inside this.
+        if !(0.999..=1.001).contains(&total) {
+            return Err(ValidationError::new(
+                "probs",
+                Violation::OutOfRange {
+                    got: total,
+                    min: 0.999,
+                    max: 1.001,
+                },
+            ));
         }
         Ok(())
     }

@@ -93,7 +93,13 @@ fn work_result(signer: &Keypair, tokens: &[u32]) -> pb::WorkResult {
         confidence_score: 0.95,
         session_id: 9,
         round: 3,
-        draft_probs: tokens.iter().map(|_| 0.5).collect(),
+        draft_distributions: tokens
+            .iter()
+            .map(|&t| pb::SparseDistribution {
+                token_ids: vec![t, t + 1],
+                probs: vec![0.75, 0.25],
+            })
+            .collect(),
     };
     r.sign(signer).unwrap();
     r
@@ -103,7 +109,7 @@ fn broadcast() -> pb::ResultBroadcast {
     let oracle = Keypair::generate_ed25519();
     let mut result = work_result(&oracle, &[10, 20, 30]);
     result.verified = true;
-    result.draft_probs.clear();
+    result.draft_distributions.clear();
     result.sign(&oracle).unwrap();
     let mut b = pb::ResultBroadcast {
         work_cid: cid(b"prompt"),
@@ -452,8 +458,19 @@ fn validation_names_the_offending_field() {
     r.token_ids.push(3);
     assert!(matches!(violation_of(&r), (f, Violation::Inconsistent(_)) if f == "result_cid"));
     let mut r = work_result(&scout, &[1, 2]);
-    r.draft_probs = vec![0.5];
-    assert_eq!(violation_of(&r).0, "draft_probs");
+    r.draft_distributions.pop();
+    assert_eq!(violation_of(&r).0, "draft_distributions");
+    let mut r = work_result(&scout, &[1, 2]);
+    r.draft_distributions[1].probs = vec![0.75, 0.5];
+    assert_eq!(violation_of(&r).0, "draft_distributions[1].probs");
+    let mut r = work_result(&scout, &[1, 2]);
+    r.draft_distributions[0].token_ids = vec![5, 6];
+    assert!(
+        matches!(violation_of(&r), (f, Violation::Inconsistent(_)) if f == "draft_distributions[0]")
+    );
+    let mut r = work_result(&scout, &[1, 2]);
+    r.draft_distributions[0].token_ids = vec![1, 1];
+    assert_eq!(violation_of(&r).0, "draft_distributions[0].token_ids[1]");
     let mut r = work_result(&scout, &[1, 2]);
     r.proof.truncate(10);
     assert!(matches!(violation_of(&r), (f, Violation::Malformed(_)) if f == "proof"));
