@@ -6,6 +6,9 @@
 //! - [`tokenizer`]: byte-level BPE and SentencePiece vocabularies from GGUF
 //!   metadata, with llama.cpp's token ids, and streaming UTF-8 decoding.
 //!
+//! - [`sampling`]: greedy / temperature / top-k / top-p and a seeded RNG.
+//! - [`verify`]: greedy and sampling speculative verification, pure functions.
+//!
 //! Still to come (issue 3): a
 //! Llama-family transformer on burn that returns logits for every new position,
 //! a KV cache that can be rolled back, sampling, and the speculative verifiers.
@@ -13,4 +16,6 @@
 #![deny(missing_docs)]
 
 pub mod gguf;
+pub mod sampling;
 pub mod tokenizer;
+pub mod verify;
