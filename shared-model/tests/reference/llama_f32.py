@@ -13,6 +13,10 @@ Usage:
     python3 llama_f32.py --model M.gguf --prompt-ids 1,2,3 --max-tokens 16 \
         [--dump-logits prompt_logits.npy] [--stop-at-eos]
 
+    # Regenerate the comparison fixtures from llama.cpp's greedy fixture:
+    python3 llama_f32.py --model M.gguf --llama-cpp-fixture llama_cpp_greedy.json \
+        --out-greedy f32_reference_greedy.json --out-logits f32_reference_logits.json
+
 Prints one JSON object:
     {"prompt_ids": [...], "tokens": [greedy ids], "top2_gaps": [...]}
 where top2_gaps[i] is logit(top1) - logit(top2) at the step that chose
@@ -222,14 +226,97 @@ class LlamaF32:
         return tokens, gaps, prompt_logits
 
 
+def _versions():
+    from importlib.metadata import version
+    return {"gguf": version("gguf"), "numpy": np.__version__}
+
+
+def compare_with_llama_cpp(m, fixture_path, out_greedy, out_logits, n_tokens=48):
+    """Run every prompt of llama.cpp's greedy fixture through this reference.
+
+    Writes (1) per prompt our n_tokens greedy ids, top-2 gaps and the first
+    position where we differ from llama.cpp, and (2) for the first prompt the
+    top-10 logits at every prompt position plus the full last-position logits.
+    """
+    with open(fixture_path) as f:
+        fx = json.load(f)
+    header = {
+        "generator": "shared-model/tests/reference/llama_f32.py",
+        "versions": _versions(),
+        "model": fx.get("model"),
+        "numerics": "float32 throughout; weights dequantized once with gguf.quants.dequantize; "
+                    "f32 KV cache; adjacent-pair (NORM) RoPE; no activation quantization",
+    }
+    prompts, first = [], None
+    for e in fx["prompts"]:
+        ids = [int(i) for i in e["prompt_ids"]]
+        toks, gaps, plog = m.generate(ids, n_tokens)
+        if first is None:
+            first = (e, ids, plog)
+        ref, rgap = e["generated_ids"], e["top1_top2_gap"]
+        div = next((i for i in range(min(len(ref), n_tokens)) if ref[i] != toks[i]), None)
+        prompts.append({
+            "name": e.get("name"),
+            "prompt": e.get("prompt"),
+            "prompt_ids": ids,
+            "tokens": toks,
+            "top2_gaps": gaps,
+            "llama_cpp_n_generated": len(ref),
+            "llama_cpp_stopped_at_eos": e.get("stopped_at_eos"),
+            # Index into the generated tokens (compared over llama.cpp's length).
+            "first_divergence": div,
+            "llama_cpp_gap_at_divergence": None if div is None else rgap[div],
+            "f32_gap_at_divergence": None if div is None else gaps[div],
+            "llama_cpp_token_at_divergence": None if div is None else ref[div],
+            "f32_token_at_divergence": None if div is None else toks[div],
+        })
+    doc = dict(header, method=f"greedy argmax for {n_tokens} tokens (not stopping at EOS) "
+               "on each prompt of llama_cpp_greedy.json; divergence compared over "
+               "llama.cpp's generated length", n_tokens=n_tokens, prompts=prompts)
+    with open(out_greedy, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+
+    e, ids, plog = first
+    positions = []
+    for pos in range(len(ids)):
+        row = plog[pos]
+        top = np.argsort(-row, kind="stable")[:10]
+        positions.append({"position": pos, "token_id": ids[pos],
+                          "top10": [[int(t), float(row[t])] for t in top]})
+    doc = dict(header, name=e.get("name"), prompt=e.get("prompt"), prompt_ids=ids,
+               n_vocab=int(plog.shape[1]), positions=positions,
+               last_logits=[round(float(v), 4) for v in plog[-1]])
+    with open(out_logits, "w") as f:
+        json.dump(doc, f, separators=(",", ":"))
+        f.write("\n")
+    return prompts
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
-    ap.add_argument("--prompt-ids", required=True, help="comma-separated token ids")
+    ap.add_argument("--prompt-ids", help="comma-separated token ids")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--dump-logits", metavar="OUT.npy", help="save prompt logits [n_prompt, n_vocab]")
     ap.add_argument("--stop-at-eos", action="store_true")
+    ap.add_argument("--llama-cpp-fixture", metavar="IN.json",
+                    help="compare against llama.cpp's greedy fixture (needs --out-greedy, --out-logits)")
+    ap.add_argument("--out-greedy", metavar="OUT.json")
+    ap.add_argument("--out-logits", metavar="OUT.json")
     args = ap.parse_args(argv)
+
+    if args.llama_cpp_fixture:
+        if not (args.out_greedy and args.out_logits):
+            ap.error("--llama-cpp-fixture needs --out-greedy and --out-logits")
+        m = LlamaF32(args.model)
+        for p in compare_with_llama_cpp(m, args.llama_cpp_fixture, args.out_greedy,
+                                        args.out_logits, args.max_tokens):
+            print(p["name"], "first_divergence", p["first_divergence"],
+                  "gaps (llama.cpp, f32)", p["llama_cpp_gap_at_divergence"], p["f32_gap_at_divergence"])
+        return
+    if not args.prompt_ids:
+        ap.error("--prompt-ids is required")
 
     ids = [int(s) for s in args.prompt_ids.split(",") if s.strip()]
     if not ids:
