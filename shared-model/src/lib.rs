@@ -9,13 +9,16 @@
 //! - [`sampling`]: greedy / temperature / top-k / top-p and a seeded RNG.
 //! - [`verify`]: greedy and sampling speculative verification, pure functions.
 //!
-//! Still to come (issue 3): a
-//! Llama-family transformer on burn that returns logits for every new position,
-//! a KV cache that can be rolled back, sampling, and the speculative verifiers.
+//! - [`model`]: the Llama-family transformer on burn, generic over the backend,
+//!   batch-invariant, with a KV cache that rolls back; [`config`] reads its shape.
+//! - [`backend`]: the one module that names concrete backends (CPU, CUDA, WebGPU).
 //! The crate builds for native targets and for `wasm32-unknown-unknown`.
 #![deny(missing_docs)]
 
+pub mod backend;
+pub mod config;
 pub mod gguf;
+pub mod model;
 pub mod sampling;
 pub mod tokenizer;
 pub mod verify;

@@ -1,0 +1,51 @@
+//! The one place that names concrete burn backends. Everything else in this
+//! crate is generic over `B: Backend`.
+//!
+//! | feature | type | where |
+//! |---|---|---|
+//! | `cpu` (default) | [`Cpu`] = burn's `Flex` | native CPU, threads + SIMD |
+//! | `cuda` | [`Cuda`] | NVIDIA GPUs (CUDA loaded at run time) |
+//! | `webgpu` | [`WebGpu`] | browsers (wasm32) and native GPUs via wgpu |
+//!
+//! Numerics: every backend computes in f32 (weights are dequantised from GGUF
+//! once, at load). On WebGPU the device must be initialised asynchronously
+//! first ([`init_webgpu`]).
+
+pub use burn::tensor::backend::Backend;
+
+/// The CPU backend.
+#[cfg(feature = "cpu")]
+pub type Cpu = burn::backend::Flex;
+
+/// The CPU device.
+#[cfg(feature = "cpu")]
+pub fn cpu_device() -> burn::backend::flex::FlexDevice {
+    burn::backend::flex::FlexDevice
+}
+
+/// The CUDA backend, f32.
+#[cfg(feature = "cuda")]
+pub type Cuda = burn::backend::Cuda<f32, i32>;
+
+/// CUDA device `index`.
+#[cfg(feature = "cuda")]
+pub fn cuda_device(index: usize) -> burn::backend::cuda::CudaDevice {
+    burn::backend::cuda::CudaDevice::new(index)
+}
+
+/// The WebGPU backend, f32.
+#[cfg(feature = "webgpu")]
+pub type WebGpu = burn::backend::WebGpu<f32, i32>;
+
+/// Sets up the default WebGPU device. Must complete before any tensor is made
+/// on it; in a browser the synchronous setup would panic.
+#[cfg(feature = "webgpu")]
+pub async fn init_webgpu() -> burn::backend::wgpu::WgpuDevice {
+    let device = burn::backend::wgpu::WgpuDevice::default();
+    burn::backend::wgpu::init_setup_async::<burn::backend::wgpu::graphics::WebGpu>(
+        &device,
+        Default::default(),
+    )
+    .await;
+    device
+}

@@ -1,0 +1,460 @@
+//! A Llama-family transformer on burn, generic over the backend.
+//!
+//! `forward` takes the k new tokens of a sequence and its [`KvCache`] and
+//! returns logits for **every** new position, so k drafted tokens are checked in
+//! one pass. It is *batch-invariant*: the logits of a position are bit for bit
+//! the same whether it is computed alone, in a prompt, or among k drafts. That
+//! is what makes speculative decoding lossless, and it takes care:
+//!
+//! - Linear layers multiply by weights stored `[in, out]` contiguously and split
+//!   every reduction into chunks of at most [`REDUCTION_CHUNK`] values, summed in
+//!   a fixed order. GEMM kernels pick their code path by shape, but within one
+//!   such chunk the row-vector and matrix paths reduce in the same order, so a
+//!   row's result does not depend on how many rows share the product.
+//! - Attention is computed position by position, each with exactly its own
+//!   context: the same shapes, hence the same kernels, as one-token decoding.
+//! - RMSNorm, RoPE, SwiGLU and softmax work row by row.
+//!
+//! The test `tests/batch_invariance.rs` checks this bit for bit.
+//!
+//! # Shapes
+//! `n` new tokens, hidden size `d`, `h` query heads and `g` key/value heads of
+//! size `hd`, vocabulary `v`. Activations are `[n, d]`; logits `[n, v]`.
+
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Int, Tensor, TensorData};
+use thiserror::Error;
+
+use crate::backend::Backend;
+use crate::config::LlamaConfig;
+use crate::gguf::{Gguf, GgufError, GgufSource};
+
+/// Longest reduction handed to one matrix product (see the module docs).
+pub const REDUCTION_CHUNK: usize = 512;
+
+/// What can go wrong loading or running the model.
+#[derive(Debug, Error)]
+pub enum ModelError {
+    /// The file is not a usable model.
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    /// A tensor with an unexpected shape.
+    #[error("tensor {tensor} has dims {found:?}, expected {expected:?}")]
+    Shape {
+        /// The tensor.
+        tensor: String,
+        /// Dims in the file.
+        found: Vec<u64>,
+        /// Dims the config implies.
+        expected: Vec<u64>,
+    },
+    /// A forward pass with no tokens.
+    #[error("no tokens to process")]
+    Empty,
+    /// A token id outside the vocabulary.
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    BadToken {
+        /// The id.
+        id: u32,
+        /// Vocabulary size.
+        vocab: usize,
+    },
+    /// The sequence would outgrow the model's context.
+    #[error("context of {needed} tokens exceeds the model's {max}")]
+    ContextFull {
+        /// Length after this pass.
+        needed: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Reading a tensor back from the device failed.
+    #[error("reading a tensor from the device failed: {0}")]
+    Readback(String),
+}
+
+/// Which positions of a forward pass need logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Every new position (verification).
+    All,
+    /// Only the last (prefill before decoding, plain decoding).
+    Last,
+}
+
+/// A weight matrix stored `[in, out]`, pre-split along `in` into chunks of at
+/// most [`REDUCTION_CHUNK`] rows.
+#[derive(Debug, Clone)]
+struct Linear<B: Backend> {
+    chunks: Vec<(usize, Tensor<B, 2>)>,
+}
+
+impl<B: Backend> Linear<B> {
+    /// From a GGUF-layout matrix (`out` rows of `in` values).
+    fn from_gguf_rows(values: Vec<f32>, n_in: usize, n_out: usize, device: &B::Device) -> Self {
+        let mut transposed = vec![0f32; values.len()];
+        for (o, row) in values.chunks_exact(n_in).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                transposed[i * n_out + o] = v;
+            }
+        }
+        Self::from_in_out(transposed, n_in, n_out, device)
+    }
+
+    /// From an `[in, out]` row-major matrix.
+    fn from_in_out(values: Vec<f32>, n_in: usize, n_out: usize, device: &B::Device) -> Self {
+        let chunks = (0..n_in)
+            .step_by(REDUCTION_CHUNK)
+            .map(|start| {
+                let len = REDUCTION_CHUNK.min(n_in - start);
+                let part = values[start * n_out..(start + len) * n_out].to_vec();
+                (
+                    start,
+                    Tensor::from_data(TensorData::new(part, [len, n_out]), device),
+                )
+            })
+            .collect();
+        Linear { chunks }
+    }
+
+    /// `x [n, in] → [n, out]`.
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let mut acc: Option<Tensor<B, 2>> = None;
+        for (start, w) in &self.chunks {
+            let part = x.clone().narrow(1, *start, w.dims()[0]).matmul(w.clone());
+            acc = Some(match acc {
+                None => part,
+                Some(a) => a + part,
+            });
+        }
+        acc.unwrap_or_else(|| x.zeros_like())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block<B: Backend> {
+    attn_norm: Tensor<B, 1>,
+    wq: Linear<B>,
+    wk: Linear<B>,
+    wv: Linear<B>,
+    wo: Linear<B>,
+    ffn_norm: Tensor<B, 1>,
+    w_gate: Linear<B>,
+    w_up: Linear<B>,
+    w_down: Linear<B>,
+}
+
+/// Keys and values of the positions a sequence has seen, per layer.
+///
+/// One cache per sequence; the model itself is shared. [`KvCache::truncate`]
+/// rolls back rejected drafts.
+#[derive(Debug, Clone)]
+pub struct KvCache<B: Backend> {
+    /// Per layer: keys and values, `[g, len, hd]`.
+    layers: Vec<Option<(Tensor<B, 3>, Tensor<B, 3>)>>,
+    len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// An empty cache for a model of `n_layer` blocks.
+    pub fn new(n_layer: usize) -> Self {
+        KvCache {
+            layers: vec![None; n_layer],
+            len: 0,
+        }
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets every position from `len` on.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            return;
+        }
+        for layer in &mut self.layers {
+            *layer = match (layer.take(), len) {
+                (_, 0) | (None, _) => None,
+                (Some((k, v)), len) => Some((k.narrow(1, 0, len), v.narrow(1, 0, len))),
+            };
+        }
+        self.len = len;
+    }
+}
+
+/// The transformer with its weights on a device.
+#[derive(Debug, Clone)]
+pub struct Llama<B: Backend> {
+    config: LlamaConfig,
+    /// `[v, d]`, rows looked up by token id.
+    embedding: Tensor<B, 2>,
+    blocks: Vec<Block<B>>,
+    output_norm: Tensor<B, 1>,
+    output: Linear<B>,
+    /// `[context, hd/2]` each.
+    rope_cos: Tensor<B, 2>,
+    rope_sin: Tensor<B, 2>,
+    device: B::Device,
+}
+
+impl<B: Backend> Llama<B> {
+    /// Loads a model from a GGUF file onto `device`, dequantising to f32.
+    /// `max_layers` keeps only the first blocks (a cheap draft model for tests).
+    pub fn load<S: GgufSource>(
+        gguf: &mut Gguf<S>,
+        device: &B::Device,
+        max_layers: Option<usize>,
+    ) -> Result<Self, ModelError> {
+        let mut config = LlamaConfig::from_metadata(&gguf.metadata)?;
+        if let Some(max) = max_layers {
+            config.n_layer = config.n_layer.min(max.max(1));
+        }
+        let c = &config;
+        let (d, kv_dim) = (c.n_embd, c.n_head_kv * c.head_dim);
+        let vector = |values: Vec<f32>| {
+            let len = values.len();
+            Tensor::<B, 1>::from_data(TensorData::new(values, [len]), device)
+        };
+
+        let embedding_values = load_tensor(gguf, "token_embd.weight", &[d, c.vocab_size])?;
+        let embedding = Tensor::from_data(
+            TensorData::new(embedding_values.clone(), [c.vocab_size, d]),
+            device,
+        );
+        let output_values = if gguf.tensor_info("output.weight").is_ok() {
+            load_tensor(gguf, "output.weight", &[d, c.vocab_size])?
+        } else {
+            // Tied embeddings: the output head is the embedding matrix.
+            embedding_values
+        };
+        let output = Linear::from_gguf_rows(output_values, d, c.vocab_size, device);
+        let mut blocks = Vec::with_capacity(c.n_layer);
+        for i in 0..c.n_layer {
+            let name = |t: &str| format!("blk.{i}.{t}.weight");
+            let mut linear =
+                |t: &str, n_in: usize, n_out: usize| -> Result<Linear<B>, ModelError> {
+                    let values = load_tensor(gguf, &name(t), &[n_in, n_out])?;
+                    Ok(Linear::from_gguf_rows(values, n_in, n_out, device))
+                };
+            let (wq, wk, wv, wo) = (
+                linear("attn_q", d, d)?,
+                linear("attn_k", d, kv_dim)?,
+                linear("attn_v", d, kv_dim)?,
+                linear("attn_output", d, d)?,
+            );
+            let (w_gate, w_up, w_down) = (
+                linear("ffn_gate", d, c.n_ff)?,
+                linear("ffn_up", d, c.n_ff)?,
+                linear("ffn_down", c.n_ff, d)?,
+            );
+            blocks.push(Block {
+                wq,
+                wk,
+                wv,
+                wo,
+                w_gate,
+                w_up,
+                w_down,
+                attn_norm: vector(load_tensor(gguf, &name("attn_norm"), &[d])?),
+                ffn_norm: vector(load_tensor(gguf, &name("ffn_norm"), &[d])?),
+            });
+        }
+        let output_norm = vector(load_tensor(gguf, "output_norm.weight", &[d])?);
+        let (rope_cos, rope_sin) = rope_tables::<B>(c, device);
+        Ok(Llama {
+            config,
+            embedding,
+            blocks,
+            output_norm,
+            output,
+            rope_cos,
+            rope_sin,
+            device: device.clone(),
+        })
+    }
+
+    /// The model's shape.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// An empty cache for one sequence.
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache::new(self.blocks.len())
+    }
+
+    /// Runs `tokens` (the next positions of the sequence in `cache`) and
+    /// returns `[n, v]` logits (`[1, v]` with [`Logits::Last`]). The cache grows
+    /// by `tokens.len()`.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache<B>,
+        which: Logits,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        let c = &self.config;
+        if tokens.is_empty() {
+            return Err(ModelError::Empty);
+        }
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(ModelError::BadToken {
+                id,
+                vocab: c.vocab_size,
+            });
+        }
+        let (n, start) = (tokens.len(), cache.len);
+        if start + n > c.context_length {
+            return Err(ModelError::ContextFull {
+                needed: start + n,
+                max: c.context_length,
+            });
+        }
+        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), &self.device);
+        let mut x = self.embedding.clone().select(0, ids);
+        let cos = self.rope_cos.clone().narrow(0, start, n);
+        let sin = self.rope_sin.clone().narrow(0, start, n);
+
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let h = rms_norm(x.clone(), block.attn_norm.clone(), c.rms_eps);
+            let q = rope(
+                block
+                    .wq
+                    .forward(h.clone())
+                    .reshape([n, c.n_head, c.head_dim]),
+                &cos,
+                &sin,
+            );
+            let k = rope(
+                block
+                    .wk
+                    .forward(h.clone())
+                    .reshape([n, c.n_head_kv, c.head_dim]),
+                &cos,
+                &sin,
+            );
+            let v = block.wv.forward(h).reshape([n, c.n_head_kv, c.head_dim]);
+            let (k, v) = (k.swap_dims(0, 1), v.swap_dims(0, 1));
+            let (keys, values) = match cache.layers[layer].take() {
+                None => (k, v),
+                Some((ck, cv)) => (Tensor::cat(vec![ck, k], 1), Tensor::cat(vec![cv, v], 1)),
+            };
+            let attended = self.attention(q, &keys, &values, start);
+            cache.layers[layer] = Some((keys, values));
+            x = x + block.wo.forward(attended);
+
+            let h = rms_norm(x.clone(), block.ffn_norm.clone(), c.rms_eps);
+            let gate = silu(block.w_gate.forward(h.clone()));
+            x = x + block.w_down.forward(gate * block.w_up.forward(h));
+        }
+        cache.len = start + n;
+
+        let x = match which {
+            Logits::All => x,
+            Logits::Last => x.narrow(0, n - 1, 1),
+        };
+        let x = rms_norm(x, self.output_norm.clone(), c.rms_eps);
+        Ok(self.output.forward(x))
+    }
+
+    /// Causal grouped-query attention, one new position at a time.
+    /// `q: [n, h, hd]`, `keys`/`values: [g, start + n, hd]` → `[n, h·hd]`.
+    fn attention(
+        &self,
+        q: Tensor<B, 3>,
+        keys: &Tensor<B, 3>,
+        values: &Tensor<B, 3>,
+        start: usize,
+    ) -> Tensor<B, 2> {
+        let c = &self.config;
+        let [n, _, hd] = q.dims();
+        let group = c.n_head / c.n_head_kv;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let rows: Vec<Tensor<B, 2>> = (0..n)
+            .map(|i| {
+                let context = start + i + 1;
+                // Query heads h·group .. h·group + group share key/value head h.
+                let qi = q.clone().narrow(0, i, 1).reshape([c.n_head_kv, group, hd]);
+                let k = keys.clone().narrow(1, 0, context);
+                let v = values.clone().narrow(1, 0, context);
+                let scores = qi.matmul(k.swap_dims(1, 2)).mul_scalar(scale);
+                softmax(scores, 2).matmul(v).reshape([1, c.n_head * hd])
+            })
+            .collect();
+        Tensor::cat(rows, 0)
+    }
+
+    /// Reads `[n, v]` logits back to the host, one row per position.
+    pub fn logits_to_rows(&self, logits: Tensor<B, 2>) -> Result<Vec<Vec<f32>>, ModelError> {
+        let [_, v] = logits.dims();
+        let flat = logits
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| ModelError::Readback(format!("{e:?}")))?;
+        Ok(flat.chunks_exact(v).map(<[f32]>::to_vec).collect())
+    }
+}
+
+/// Dequantises tensor `name`, checking its GGUF dims.
+fn load_tensor<S: GgufSource>(
+    gguf: &mut Gguf<S>,
+    name: &str,
+    expected: &[usize],
+) -> Result<Vec<f32>, ModelError> {
+    let (dims, values) = gguf.tensor_f32(name)?;
+    let expected: Vec<u64> = expected.iter().map(|&x| x as u64).collect();
+    if dims != expected {
+        return Err(ModelError::Shape {
+            tensor: name.to_owned(),
+            found: dims,
+            expected,
+        });
+    }
+    Ok(values)
+}
+
+/// `x · w / sqrt(mean(x²) + eps)`, row by row.
+fn rms_norm<B: Backend>(x: Tensor<B, 2>, weight: Tensor<B, 1>, eps: f32) -> Tensor<B, 2> {
+    let mean_square = (x.clone() * x.clone()).mean_dim(1);
+    x * mean_square.add_scalar(eps).sqrt().recip() * weight.unsqueeze::<2>()
+}
+
+/// Rotary position embedding on adjacent pairs `(x[2i], x[2i+1])`, the layout
+/// GGUF stores llama's Q/K in. `x: [n, heads, hd]`, `cos`/`sin: [n, hd/2]`.
+fn rope<B: Backend>(x: Tensor<B, 3>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> Tensor<B, 3> {
+    let [n, heads, hd] = x.dims();
+    let pairs = x.reshape([n, heads, hd / 2, 2]);
+    let even = pairs.clone().narrow(3, 0, 1);
+    let odd = pairs.narrow(3, 1, 1);
+    let cos = cos.clone().reshape([n, 1, hd / 2, 1]);
+    let sin = sin.clone().reshape([n, 1, hd / 2, 1]);
+    let rotated_even = even.clone() * cos.clone() - odd.clone() * sin.clone();
+    let rotated_odd = even * sin + odd * cos;
+    Tensor::cat(vec![rotated_even, rotated_odd], 3).reshape([n, heads, hd])
+}
+
+/// `cos(p·θ_i)` and `sin(p·θ_i)` with `θ_i = base^(−2i/hd)`, computed in f64.
+fn rope_tables<B: Backend>(c: &LlamaConfig, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let half = c.head_dim / 2;
+    let mut cos = Vec::with_capacity(c.context_length * half);
+    let mut sin = Vec::with_capacity(c.context_length * half);
+    for p in 0..c.context_length {
+        for i in 0..half {
+            let theta = f64::from(c.rope_base).powf(-2.0 * i as f64 / c.head_dim as f64);
+            let angle = p as f64 * theta;
+            cos.push(angle.cos() as f32);
+            sin.push(angle.sin() as f32);
+        }
+    }
+    let shape = [c.context_length, half];
+    (
+        Tensor::from_data(TensorData::new(cos, shape), device),
+        Tensor::from_data(TensorData::new(sin, shape), device),
+    )
+}
