@@ -1,0 +1,81 @@
+//! Speculative verification is lossless only if a position's logits do not
+//! depend on how many positions share the forward pass. These tests compare,
+//! bit for bit, logits computed one token at a time with logits computed in
+//! passes of other sizes, and check that rolling the cache back is exact.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use shared_model::backend::{Cpu, cpu_device};
+use shared_model::gguf::Gguf;
+use shared_model::model::{Llama, Logits};
+use shared_model::tokenizer::{EncodeOptions, Tokenizer};
+
+fn setup() -> (Llama<Cpu>, Vec<u32>) {
+    let mut gguf = Gguf::open(common::default_model()).unwrap();
+    let tokenizer = Tokenizer::from_metadata(&gguf.metadata).unwrap();
+    let model = Llama::load(&mut gguf, &cpu_device(), None).unwrap();
+    let text = "fn main() {\n    let xs: Vec<u32> = (0..10).map(|x| x * x).collect();\n    println!(\"{xs:?}\");\n}\n// The sum of the squares is";
+    (model, tokenizer.encode(text, EncodeOptions::TEXT))
+}
+
+fn bits(rows: &[Vec<f32>]) -> Vec<Vec<u32>> {
+    rows.iter().map(|r| r.iter().map(|x| x.to_bits()).collect()).collect()
+}
+
+/// Logits of every position, feeding the tokens in passes of the given sizes.
+fn logits_in_passes(model: &Llama<Cpu>, tokens: &[u32], sizes: &[usize]) -> Vec<Vec<f32>> {
+    let mut cache = model.new_cache();
+    let mut rows = Vec::new();
+    let mut at = 0;
+    for &size in sizes.iter().cycle() {
+        if at == tokens.len() {
+            break;
+        }
+        let end = (at + size).min(tokens.len());
+        let logits = model.forward(&tokens[at..end], &mut cache, Logits::All).unwrap();
+        rows.extend(model.logits_to_rows(logits).unwrap());
+        at = end;
+    }
+    rows
+}
+
+#[test]
+fn logits_do_not_depend_on_how_many_positions_share_a_pass() {
+    let (model, tokens) = setup();
+    assert!(tokens.len() > 40, "{}", tokens.len());
+    let one_at_a_time = bits(&logits_in_passes(&model, &tokens, &[1]));
+    for sizes in [vec![tokens.len()], vec![2], vec![4], vec![8], vec![3, 1, 5, 2, 7]] {
+        let batched = bits(&logits_in_passes(&model, &tokens, &sizes));
+        let differing: Vec<usize> = (0..tokens.len()).filter(|&i| batched[i] != one_at_a_time[i]).collect();
+        assert!(differing.is_empty(), "passes of {sizes:?}: positions {differing:?} differ");
+    }
+}
+
+#[test]
+fn rolling_the_cache_back_is_exact() {
+    let (model, tokens) = setup();
+    let (prefix, rest) = tokens.split_at(20);
+    let mut cache = model.new_cache();
+    model.forward(prefix, &mut cache, Logits::Last).unwrap();
+    // Draft 6 wrong tokens, then roll back and feed the real continuation.
+    model.forward(&[7, 7, 7, 7, 7, 7], &mut cache, Logits::All).unwrap();
+    assert_eq!(cache.len(), 26);
+    cache.truncate(20);
+    let after_rollback = model.logits_to_rows(model.forward(&rest[..8], &mut cache, Logits::All).unwrap()).unwrap();
+
+    let mut clean = model.new_cache();
+    model.forward(prefix, &mut clean, Logits::Last).unwrap();
+    let straight = model.logits_to_rows(model.forward(&rest[..8], &mut clean, Logits::All).unwrap()).unwrap();
+    assert_eq!(bits(&after_rollback), bits(&straight));
+}
+
+#[test]
+fn bad_input_is_refused_without_touching_the_cache() {
+    let (model, tokens) = setup();
+    let mut cache = model.new_cache();
+    model.forward(&tokens[..4], &mut cache, Logits::Last).unwrap();
+    assert!(model.forward(&[], &mut cache, Logits::All).is_err());
+    assert!(model.forward(&[1, 49_152], &mut cache, Logits::All).is_err());
+    assert_eq!(cache.len(), 4);
+}
