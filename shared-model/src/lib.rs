@@ -11,12 +11,14 @@
 //!
 //! - [`model`]: the Llama-family transformer on burn, generic over the backend,
 //!   batch-invariant, with a KV cache that rolls back; [`config`] reads its shape.
+//! - [`generate`]: the generation loop, plain or with a draft model (same tokens).
 //! - [`backend`]: the one module that names concrete backends (CPU, CUDA, WebGPU).
 //! The crate builds for native targets and for `wasm32-unknown-unknown`.
 #![deny(missing_docs)]
 
 pub mod backend;
 pub mod config;
+pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod sampling;

@@ -20,7 +20,9 @@ fn setup() -> (Llama<Cpu>, Vec<u32>) {
 }
 
 fn bits(rows: &[Vec<f32>]) -> Vec<Vec<u32>> {
-    rows.iter().map(|r| r.iter().map(|x| x.to_bits()).collect()).collect()
+    rows.iter()
+        .map(|r| r.iter().map(|x| x.to_bits()).collect())
+        .collect()
 }
 
 /// Logits of every position, feeding the tokens in passes of the given sizes.
@@ -33,7 +35,9 @@ fn logits_in_passes(model: &Llama<Cpu>, tokens: &[u32], sizes: &[usize]) -> Vec<
             break;
         }
         let end = (at + size).min(tokens.len());
-        let logits = model.forward(&tokens[at..end], &mut cache, Logits::All).unwrap();
+        let logits = model
+            .forward(&tokens[at..end], &mut cache, Logits::All)
+            .unwrap();
         rows.extend(model.logits_to_rows(logits).unwrap());
         at = end;
     }
@@ -45,10 +49,21 @@ fn logits_do_not_depend_on_how_many_positions_share_a_pass() {
     let (model, tokens) = setup();
     assert!(tokens.len() > 40, "{}", tokens.len());
     let one_at_a_time = bits(&logits_in_passes(&model, &tokens, &[1]));
-    for sizes in [vec![tokens.len()], vec![2], vec![4], vec![8], vec![3, 1, 5, 2, 7]] {
+    for sizes in [
+        vec![tokens.len()],
+        vec![2],
+        vec![4],
+        vec![8],
+        vec![3, 1, 5, 2, 7],
+    ] {
         let batched = bits(&logits_in_passes(&model, &tokens, &sizes));
-        let differing: Vec<usize> = (0..tokens.len()).filter(|&i| batched[i] != one_at_a_time[i]).collect();
-        assert!(differing.is_empty(), "passes of {sizes:?}: positions {differing:?} differ");
+        let differing: Vec<usize> = (0..tokens.len())
+            .filter(|&i| batched[i] != one_at_a_time[i])
+            .collect();
+        assert!(
+            differing.is_empty(),
+            "passes of {sizes:?}: positions {differing:?} differ"
+        );
     }
 }
 
@@ -59,14 +74,20 @@ fn rolling_the_cache_back_is_exact() {
     let mut cache = model.new_cache();
     model.forward(prefix, &mut cache, Logits::Last).unwrap();
     // Draft 6 wrong tokens, then roll back and feed the real continuation.
-    model.forward(&[7, 7, 7, 7, 7, 7], &mut cache, Logits::All).unwrap();
+    model
+        .forward(&[7, 7, 7, 7, 7, 7], &mut cache, Logits::All)
+        .unwrap();
     assert_eq!(cache.len(), 26);
     cache.truncate(20);
-    let after_rollback = model.logits_to_rows(model.forward(&rest[..8], &mut cache, Logits::All).unwrap()).unwrap();
+    let after_rollback = model
+        .logits_to_rows(model.forward(&rest[..8], &mut cache, Logits::All).unwrap())
+        .unwrap();
 
     let mut clean = model.new_cache();
     model.forward(prefix, &mut clean, Logits::Last).unwrap();
-    let straight = model.logits_to_rows(model.forward(&rest[..8], &mut clean, Logits::All).unwrap()).unwrap();
+    let straight = model
+        .logits_to_rows(model.forward(&rest[..8], &mut clean, Logits::All).unwrap())
+        .unwrap();
     assert_eq!(bits(&after_rollback), bits(&straight));
 }
 
@@ -74,8 +95,14 @@ fn rolling_the_cache_back_is_exact() {
 fn bad_input_is_refused_without_touching_the_cache() {
     let (model, tokens) = setup();
     let mut cache = model.new_cache();
-    model.forward(&tokens[..4], &mut cache, Logits::Last).unwrap();
+    model
+        .forward(&tokens[..4], &mut cache, Logits::Last)
+        .unwrap();
     assert!(model.forward(&[], &mut cache, Logits::All).is_err());
-    assert!(model.forward(&[1, 49_152], &mut cache, Logits::All).is_err());
+    assert!(
+        model
+            .forward(&[1, 49_152], &mut cache, Logits::All)
+            .is_err()
+    );
     assert_eq!(cache.len(), 4);
 }
