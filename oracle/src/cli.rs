@@ -1,13 +1,19 @@
 //! Command-line interface. Other tools call these commands, so their flags and
 //! JSON output are a contract: change them only with care.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
-use anyhow::Context;
+use anyhow::{Context, bail, ensure};
 use clap::{Parser, Subcommand};
+use serde::Serialize;
+use shared_model::backend::{Cpu, cpu_device};
+use shared_model::generate::{Generator, SamplingVerifier};
 use shared_model::gguf::Gguf;
-use shared_model::tokenizer::{EncodeOptions, Tokenizer};
+use shared_model::model::{Llama, Logits};
+use shared_model::sampling::SamplingParams;
+use shared_model::tokenizer::{EncodeOptions, StreamDecoder, Tokenizer};
 
 #[derive(Parser)]
 #[command(
@@ -34,12 +40,64 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Generate a continuation of a prompt, optionally with speculative decoding.
+    Generate(GenerateArgs),
+    /// Measure load, prefill, decode and k-token forward-pass speed.
+    Bench {
+        /// GGUF model file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Timed repetitions of each k-token forward pass (the median is shown).
+        #[arg(long, default_value_t = 10)]
+        repeat: usize,
+    },
     /// Serve the model to the network (not built yet).
     Serve {
         /// GGUF model file.
         #[arg(long)]
         model: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// GGUF model file (the target).
+    #[arg(long)]
+    model: PathBuf,
+    /// The prompt. Special-token text such as `<|im_start|>` becomes special tokens.
+    #[arg(long)]
+    prompt: String,
+    /// Most tokens to generate; generation also stops at end-of-generation tokens.
+    #[arg(long)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 (the default) is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Nucleus sampling threshold (1 keeps everything).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Keep only the k most likely tokens (0 keeps everything).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Seed of the sampling stream.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// A draft model with the same tokenizer: enables speculative decoding.
+    #[arg(long)]
+    draft_model: Option<PathBuf>,
+    /// Tokens drafted per round.
+    #[arg(long, default_value_t = 4, requires = "draft_model")]
+    draft_k: usize,
+    /// Use only the first N layers of the draft model.
+    #[arg(long, requires = "draft_model")]
+    draft_layers: Option<usize>,
+    /// How sampled drafts are verified: `match` (output identical to running
+    /// without a draft) or `speculative` (standard speculative sampling).
+    #[arg(long, default_value = "match", value_parser = ["match", "speculative"])]
+    sampling_verifier: String,
+    /// Print one JSON object instead of streaming text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Parses arguments, runs the command, and maps errors to exit codes: 2 for
@@ -58,7 +116,7 @@ pub(crate) fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Tokenize { model, text, json } => {
-            let tokenizer = load_tokenizer(&model)?;
+            let tokenizer = load_tokenizer(&open(&model)?, &model)?;
             let ids = tokenizer.encode(&text, EncodeOptions::TEXT);
             if json {
                 println!("{}", serde_json::to_string(&ids)?);
@@ -71,8 +129,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Generate(args) => generate(args),
+        Command::Bench { model, repeat } => bench(&model, repeat.max(1)),
         Command::Serve { .. } => {
-            anyhow::bail!(
+            bail!(
                 "serving is not built yet (wire protocol {} only); the swarm, verifier and web app arrive in the next issues",
                 shared_proto::PROTOCOL_VERSION
             )
@@ -80,8 +140,258 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn load_tokenizer(model: &std::path::Path) -> anyhow::Result<Tokenizer> {
-    let gguf = Gguf::open(model).with_context(|| format!("cannot read {}", model.display()))?;
+fn open(model: &Path) -> anyhow::Result<Gguf<std::fs::File>> {
+    Gguf::open(model).with_context(|| format!("cannot read {}", model.display()))
+}
+
+fn load_tokenizer(gguf: &Gguf<std::fs::File>, model: &Path) -> anyhow::Result<Tokenizer> {
     Tokenizer::from_metadata(&gguf.metadata)
         .with_context(|| format!("no usable tokenizer in {}", model.display()))
+}
+
+fn load_model(
+    gguf: &mut Gguf<std::fs::File>,
+    model: &Path,
+    layers: Option<usize>,
+) -> anyhow::Result<Llama<Cpu>> {
+    Llama::load(gguf, &cpu_device(), layers)
+        .with_context(|| format!("cannot load the model in {}", model.display()))
+}
+
+#[derive(Serialize)]
+struct GenerateOutput {
+    tokens: Vec<u32>,
+    text: String,
+    stats: GenerateStats,
+}
+
+#[derive(Serialize)]
+struct GenerateStats {
+    prompt_tokens: usize,
+    generated_tokens: usize,
+    stop_reason: &'static str,
+    target_forward_passes: usize,
+    target_passes_per_token: f64,
+    draft_forward_passes: usize,
+    draft_tokens_proposed: usize,
+    draft_tokens_accepted: usize,
+    load_ms: f64,
+    prefill_ms: f64,
+    decode_ms: f64,
+    decode_tokens_per_second: f64,
+}
+
+fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+    ensure!(args.max_tokens >= 1, "--max-tokens must be at least 1");
+    ensure!(
+        args.temperature.is_finite() && (0.0..=100.0).contains(&args.temperature),
+        "--temperature must be between 0 and 100"
+    );
+    ensure!(
+        args.top_p > 0.0 && args.top_p <= 1.0,
+        "--top-p must be in (0, 1]"
+    );
+    ensure!(
+        (1..=16).contains(&args.draft_k),
+        "--draft-k must be between 1 and 16"
+    );
+    let params = SamplingParams {
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+    };
+    let verifier = match args.sampling_verifier.as_str() {
+        "speculative" => SamplingVerifier::Speculative,
+        _ => SamplingVerifier::MatchTarget,
+    };
+
+    let load_started = Instant::now();
+    let mut gguf = open(&args.model)?;
+    let tokenizer = load_tokenizer(&gguf, &args.model)?;
+    let target = load_model(&mut gguf, &args.model, None)?;
+    let draft = match &args.draft_model {
+        None => None,
+        Some(path) => {
+            let mut draft_gguf = open(path)?;
+            let draft_tokenizer = load_tokenizer(&draft_gguf, path)?;
+            ensure!(
+                (0..tokenizer.vocab_size() as u32)
+                    .all(|i| tokenizer.token_text(i) == draft_tokenizer.token_text(i))
+                    && tokenizer.vocab_size() == draft_tokenizer.vocab_size(),
+                "the draft model {} does not share the target's vocabulary",
+                path.display()
+            );
+            Some(load_model(&mut draft_gguf, path, args.draft_layers)?)
+        }
+    };
+    let load_ms = ms(load_started);
+
+    let prompt = tokenizer.encode(&args.prompt, EncodeOptions::PROMPT);
+    ensure!(!prompt.is_empty(), "the prompt is empty");
+    let prefill_started = Instant::now();
+    let mut generator = Generator::new(&target, &prompt, params)
+        .context("prefill failed")?
+        .with_verifier(verifier);
+    if let Some(draft) = &draft {
+        generator = generator.with_draft(draft, args.draft_k);
+    }
+    let prefill_ms = ms(prefill_started);
+
+    let decode_started = Instant::now();
+    let mut tokens = Vec::new();
+    let mut stop_reason = "max_tokens";
+    let mut stream = StreamDecoder::default();
+    'outer: while tokens.len() < args.max_tokens {
+        let round = generator
+            .step(args.max_tokens - tokens.len())
+            .context("decoding failed")?;
+        if round.is_empty() {
+            stop_reason = "context_full";
+            break;
+        }
+        for token in round {
+            if tokenizer.is_end_of_generation(token) {
+                stop_reason = "end_of_generation";
+                break 'outer;
+            }
+            tokens.push(token);
+            if !args.json {
+                use std::io::Write;
+                print!("{}", stream.push(&tokenizer.token_bytes(token, false)));
+                std::io::stdout().flush().ok();
+            }
+        }
+    }
+    let decode_ms = ms(decode_started);
+    let s = generator.stats();
+    let stats = GenerateStats {
+        prompt_tokens: prompt.len(),
+        generated_tokens: tokens.len(),
+        stop_reason,
+        target_forward_passes: s.target_forward_passes,
+        target_passes_per_token: s.target_forward_passes as f64 / tokens.len().max(1) as f64,
+        draft_forward_passes: s.draft_forward_passes,
+        draft_tokens_proposed: s.draft_tokens_proposed,
+        draft_tokens_accepted: s.draft_tokens_accepted,
+        load_ms,
+        prefill_ms,
+        decode_ms,
+        decode_tokens_per_second: tokens.len() as f64 / (decode_ms / 1000.0).max(1e-9),
+    };
+    if args.json {
+        let text = tokenizer.decode(&tokens);
+        println!(
+            "{}",
+            serde_json::to_string(&GenerateOutput {
+                tokens,
+                text,
+                stats
+            })?
+        );
+    } else {
+        println!("{}", stream.finish());
+        eprintln!("{}", serde_json::to_string_pretty(&stats)?);
+    }
+    Ok(())
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Peak resident memory of this process, from /proc (Linux).
+fn peak_memory_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn bench(model_path: &Path, repeat: usize) -> anyhow::Result<()> {
+    const PROMPT_TOKENS: usize = 128;
+    const DECODE_TOKENS: usize = 128;
+
+    let started = Instant::now();
+    let mut gguf = open(model_path)?;
+    let tokenizer = load_tokenizer(&gguf, model_path)?;
+    let model = load_model(&mut gguf, model_path, None)?;
+    let load_ms = ms(started);
+
+    // A fixed 128-token prompt: ordinary English, repeated as needed.
+    let text = "The history of the printing press begins in the fifteenth century, when \
+                movable type changed how knowledge spread across Europe and the world. ";
+    let mut prompt = Vec::new();
+    while prompt.len() < PROMPT_TOKENS {
+        prompt.extend(tokenizer.encode(text, EncodeOptions::TEXT));
+    }
+    prompt.truncate(PROMPT_TOKENS);
+
+    // Warm up allocations and thread pools once.
+    model.forward(&prompt[..8], &mut model.new_cache(), Logits::Last)?;
+
+    let mut cache = model.new_cache();
+    let t = Instant::now();
+    let logits = model.forward(&prompt, &mut cache, Logits::Last)?;
+    let mut next = model.logits_to_rows(logits)?;
+    let prefill_ms = ms(t);
+
+    let t = Instant::now();
+    for _ in 0..DECODE_TOKENS {
+        let token = shared_model::sampling::argmax(&next[0]);
+        next = model.logits_to_rows(model.forward(&[token], &mut cache, Logits::Last)?)?;
+    }
+    let decode_ms = ms(t);
+
+    // One pass over k new tokens after a 128-token context, logits for all k.
+    let mut pass_ms = Vec::new();
+    for k in [1usize, 2, 4, 8] {
+        let mut times = Vec::with_capacity(repeat);
+        for _ in 0..repeat {
+            cache.truncate(PROMPT_TOKENS);
+            let t = Instant::now();
+            let rows =
+                model.logits_to_rows(model.forward(&prompt[..k], &mut cache, Logits::All)?)?;
+            times.push(ms(t));
+            ensure!(rows.len() == k, "expected {k} rows of logits");
+        }
+        pass_ms.push((k, median(times)));
+    }
+
+    println!("| measurement | value |");
+    println!("|---|---|");
+    println!(
+        "| model | {} |",
+        model_path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    );
+    println!("| backend | burn flex (CPU), f32 weights and activations |");
+    println!("| load | {load_ms:.0} ms |");
+    println!(
+        "| prefill, {PROMPT_TOKENS}-token prompt | {:.1} tokens/s ({prefill_ms:.0} ms) |",
+        PROMPT_TOKENS as f64 / (prefill_ms / 1000.0)
+    );
+    println!(
+        "| decode, {DECODE_TOKENS} tokens | {:.1} tokens/s ({:.1} ms/token) |",
+        DECODE_TOKENS as f64 / (decode_ms / 1000.0),
+        decode_ms / DECODE_TOKENS as f64
+    );
+    for (k, t) in &pass_ms {
+        println!(
+            "| forward pass, k = {k} after {PROMPT_TOKENS} tokens (median of {repeat}) | {t:.1} ms ({:.2}× k = 1) |",
+            t / pass_ms[0].1
+        );
+    }
+    match peak_memory_mib() {
+        Some(mib) => println!("| peak memory (RSS) | {mib:.0} MiB |"),
+        None => println!("| peak memory (RSS) | not available on this platform |"),
+    }
+    Ok(())
 }

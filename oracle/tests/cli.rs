@@ -90,3 +90,135 @@ fn bad_input_gives_a_clear_error_and_exit_code() {
     let out = oracle(&["tokenize", "--text", "x"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[derive(serde::Deserialize)]
+struct Generated {
+    tokens: Vec<u32>,
+    text: String,
+    stats: serde_json::Value,
+}
+
+fn generate(extra: &[&str]) -> Generated {
+    let model = model();
+    let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--json"];
+    args.extend_from_slice(extra);
+    let out = oracle(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn generate_prints_tokens_text_and_stats() {
+    let g = generate(&["--prompt", "The capital of France is", "--max-tokens", "8"]);
+    assert_eq!(g.tokens.len(), 8);
+    // The same first token as llama.cpp and the f32 reference: " Paris".
+    assert_eq!(g.tokens[0], 7042);
+    assert!(g.text.starts_with(" Paris"), "{:?}", g.text);
+    assert_eq!(g.stats["generated_tokens"], 8);
+    assert_eq!(g.stats["stop_reason"], "max_tokens");
+    // Chat markup in the prompt becomes special tokens; the reply ends at <|im_end|>.
+    let chat = "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n";
+    let g = generate(&["--prompt", chat, "--max-tokens", "40"]);
+    assert_eq!(g.stats["stop_reason"], "end_of_generation", "{:?}", g.text);
+    assert!(g.text.contains('4'), "{:?}", g.text);
+}
+
+#[test]
+fn a_draft_model_does_not_change_the_tokens() {
+    let model = model();
+    let draft = model.to_str().unwrap();
+    let prompt = ["--prompt", "def fibonacci(n):\n", "--max-tokens", "12"];
+    for sampling in [
+        &["--temperature", "0"][..],
+        &["--temperature", "0.9", "--top-p", "0.95", "--seed", "5"],
+    ] {
+        let plain = generate(&[&prompt[..], sampling].concat());
+        for layers in ["30", "18"] {
+            let args = [
+                &prompt[..],
+                sampling,
+                &[
+                    "--draft-model",
+                    draft,
+                    "--draft-k",
+                    "3",
+                    "--draft-layers",
+                    layers,
+                ],
+            ]
+            .concat();
+            let spec = generate(&args);
+            assert_eq!(
+                spec.tokens, plain.tokens,
+                "sampling {sampling:?}, draft layers {layers}"
+            );
+            assert!(spec.stats["draft_tokens_proposed"].as_u64().unwrap() > 0);
+        }
+    }
+}
+
+#[test]
+fn generate_rejects_bad_arguments() {
+    let model = model();
+    let m = model.to_str().unwrap();
+    for (args, needle) in [
+        (vec!["--prompt", "x", "--max-tokens", "0"], "--max-tokens"),
+        (
+            vec!["--prompt", "x", "--max-tokens", "2", "--temperature=-1"],
+            "--temperature",
+        ),
+        (
+            vec!["--prompt", "x", "--max-tokens", "2", "--top-p", "0"],
+            "--top-p",
+        ),
+        (vec!["--prompt", "", "--max-tokens", "2"], "prompt is empty"),
+        (
+            vec![
+                "--prompt",
+                "x",
+                "--max-tokens",
+                "2",
+                "--draft-model",
+                m,
+                "--draft-k",
+                "99",
+            ],
+            "--draft-k",
+        ),
+        (
+            vec![
+                "--prompt",
+                "x",
+                "--max-tokens",
+                "2",
+                "--draft-model",
+                "/nonexistent.gguf",
+            ],
+            "/nonexistent.gguf",
+        ),
+    ] {
+        let mut full = vec!["generate", "--model", m, "--json"];
+        full.extend(args);
+        let out = oracle(&full);
+        assert_eq!(out.status.code(), Some(1), "{full:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{full:?}: {err}");
+    }
+    // --draft-k without --draft-model is a usage error.
+    let out = oracle(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "x",
+        "--max-tokens",
+        "2",
+        "--draft-k",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
