@@ -3,9 +3,10 @@
 #
 #   scripts/test.sh
 #
-# In order: setup (scripts/setup.sh), formatting, clippy with warnings as errors,
-# the Rust tests of the whole workspace, the wasm32 builds (shared-proto, the web app
-# through trunk), the fuzz target, the
+# In order: setup (scripts/setup.sh), formatting, clippy with warnings as errors
+# (native and wasm32), the Rust tests of the whole workspace (the model tests run the
+# real default model), the wasm32 builds (shared-proto, shared-model on WebGPU, the
+# web app through trunk), the CUDA feature's compile check, the fuzz target, the
 # setup's own model check, and the browser tests. Stops at the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,7 +61,7 @@ fuzz_smoke() {
 step "setup" setup_main all
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy (native, -D warnings)" cargo clippy --locked --workspace --all-targets -- -D warnings
-step "cargo clippy (wasm32, -D warnings)" scripts/wasm-cargo clippy --locked -p shared-proto -- -D warnings
+step "cargo clippy (wasm32, -D warnings)" scripts/wasm-cargo clippy --locked -p shared-proto -p shared-model --no-default-features --features shared-model/webgpu -- -D warnings
 RESULTS="$(mktemp)"
 trap 'rm -f "$RESULTS"' EXIT
 cargo_tests() {
@@ -75,7 +76,8 @@ count_passed() {
 }
 
 step "cargo test" cargo_tests
-step "wasm32 build" scripts/wasm-cargo build --locked -p shared-proto
+step "wasm32 build (shared-proto; shared-model on WebGPU)" scripts/wasm-cargo build --locked -p shared-proto -p shared-model --no-default-features --features shared-model/webgpu
+step "CUDA backend compiles (runs where a GPU is)" cargo check --locked -p oracle --features cuda
 step "web app build (trunk, offline)" env TRUNK_OFFLINE=true trunk build --config trunk.toml
 step "fuzz target" fuzz_smoke
 step "setup: corrupted model is fetched again" model_refetch_check

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, bail, ensure};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
-use shared_model::backend::{Cpu, cpu_device};
+use shared_model::backend::{Backend, Cpu, cpu_device};
 use shared_model::generate::{Generator, SamplingVerifier};
 use shared_model::gguf::Gguf;
 use shared_model::model::{Llama, Logits};
@@ -47,6 +47,9 @@ enum Command {
         /// GGUF model file.
         #[arg(long)]
         model: PathBuf,
+        /// Where the model runs.
+        #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
+        backend: BackendChoice,
         /// Timed repetitions of each k-token forward pass (the median is shown).
         #[arg(long, default_value_t = 10)]
         repeat: usize,
@@ -98,6 +101,41 @@ struct GenerateArgs {
     /// Print one JSON object instead of streaming text.
     #[arg(long)]
     json: bool,
+    /// Where the models run.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
+    backend: BackendChoice,
+}
+
+/// The compute backends the binary can run on.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BackendChoice {
+    /// burn's flex backend on the CPU.
+    Cpu,
+    /// CUDA GPU 0 (needs a build with `--features cuda`).
+    Cuda,
+}
+
+/// Runs `$body` with `$b` bound to the chosen backend type and `$device` to its device.
+macro_rules! with_backend {
+    ($choice:expr, |$device:ident: $b:ident| $body:expr) => {
+        match $choice {
+            BackendChoice::Cpu => {
+                type $b = Cpu;
+                let $device = cpu_device();
+                $body
+            }
+            #[cfg(feature = "cuda")]
+            BackendChoice::Cuda => {
+                type $b = shared_model::backend::Cuda;
+                let $device = shared_model::backend::cuda_device(0);
+                $body
+            }
+            #[cfg(not(feature = "cuda"))]
+            BackendChoice::Cuda => {
+                bail!("this oracle was built without CUDA: rebuild with `--features cuda`")
+            }
+        }
+    };
 }
 
 /// Parses arguments, runs the command, and maps errors to exit codes: 2 for
@@ -129,8 +167,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Generate(args) => generate(args),
-        Command::Bench { model, repeat } => bench(&model, repeat.max(1)),
+        Command::Generate(args) => {
+            with_backend!(args.backend, |device: B| generate::<B>(args, &device))
+        }
+        Command::Bench {
+            model,
+            backend,
+            repeat,
+        } => {
+            with_backend!(backend, |device: B| bench::<B>(
+                &model,
+                &device,
+                repeat.max(1)
+            ))
+        }
         Command::Serve { .. } => {
             bail!(
                 "serving is not built yet (wire protocol {} only); the swarm, verifier and web app arrive in the next issues",
@@ -149,12 +199,13 @@ fn load_tokenizer(gguf: &Gguf<std::fs::File>, model: &Path) -> anyhow::Result<To
         .with_context(|| format!("no usable tokenizer in {}", model.display()))
 }
 
-fn load_model(
+fn load_model<B: Backend>(
     gguf: &mut Gguf<std::fs::File>,
     model: &Path,
+    device: &B::Device,
     layers: Option<usize>,
-) -> anyhow::Result<Llama<Cpu>> {
-    Llama::load(gguf, &cpu_device(), layers)
+) -> anyhow::Result<Llama<B>> {
+    Llama::load(gguf, device, layers)
         .with_context(|| format!("cannot load the model in {}", model.display()))
 }
 
@@ -181,7 +232,7 @@ struct GenerateStats {
     decode_tokens_per_second: f64,
 }
 
-fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+fn generate<B: Backend>(args: GenerateArgs, device: &B::Device) -> anyhow::Result<()> {
     ensure!(args.max_tokens >= 1, "--max-tokens must be at least 1");
     ensure!(
         args.temperature.is_finite() && (0.0..=100.0).contains(&args.temperature),
@@ -209,7 +260,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     let load_started = Instant::now();
     let mut gguf = open(&args.model)?;
     let tokenizer = load_tokenizer(&gguf, &args.model)?;
-    let target = load_model(&mut gguf, &args.model, None)?;
+    let target = load_model::<B>(&mut gguf, &args.model, device, None)?;
     let draft = match &args.draft_model {
         None => None,
         Some(path) => {
@@ -222,7 +273,12 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
                 "the draft model {} does not share the target's vocabulary",
                 path.display()
             );
-            Some(load_model(&mut draft_gguf, path, args.draft_layers)?)
+            Some(load_model::<B>(
+                &mut draft_gguf,
+                path,
+                device,
+                args.draft_layers,
+            )?)
         }
     };
     let load_ms = ms(load_started);
@@ -313,14 +369,14 @@ fn peak_memory_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn bench(model_path: &Path, repeat: usize) -> anyhow::Result<()> {
+fn bench<B: Backend>(model_path: &Path, device: &B::Device, repeat: usize) -> anyhow::Result<()> {
     const PROMPT_TOKENS: usize = 128;
     const DECODE_TOKENS: usize = 128;
 
     let started = Instant::now();
     let mut gguf = open(model_path)?;
     let tokenizer = load_tokenizer(&gguf, model_path)?;
-    let model = load_model(&mut gguf, model_path, None)?;
+    let model = load_model::<B>(&mut gguf, model_path, device, None)?;
     let load_ms = ms(started);
 
     // A fixed 128-token prompt: ordinary English, repeated as needed.
@@ -372,7 +428,8 @@ fn bench(model_path: &Path, repeat: usize) -> anyhow::Result<()> {
             .map(|n| n.to_string_lossy())
             .unwrap_or_default()
     );
-    println!("| backend | burn flex (CPU), f32 weights and activations |");
+    let backend = std::any::type_name::<B>();
+    println!("| backend | {backend}, f32 weights and activations |");
     println!("| load | {load_ms:.0} ms |");
     println!(
         "| prefill, {PROMPT_TOKENS}-token prompt | {:.1} tokens/s ({prefill_ms:.0} ms) |",

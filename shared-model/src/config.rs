@@ -67,7 +67,7 @@ impl LlamaConfig {
             ));
         }
         let head_dim = n_embd / n_head;
-        if head_dim % 2 != 0 {
+        if head_dim == 0 || head_dim % 2 != 0 {
             return Err(bad("llama.embedding_length", "an even head size"));
         }
         if let Some(v) = m.get("llama.rope.dimension_count")
@@ -104,17 +104,89 @@ impl LlamaConfig {
         if !(rope_base.is_finite() && rope_base > 1.0) {
             return Err(bad("llama.rope.freq_base", "a number above 1"));
         }
+        let n_layer = m.usize_at_most("llama.block_count", MAX_LAYERS)?;
+        let n_ff = m.usize_at_most("llama.feed_forward_length", MAX_DIM * 4)?;
+        let context_length = m.usize_at_most("llama.context_length", MAX_CONTEXT)?;
+        for (key, value) in [
+            ("llama.block_count", n_layer),
+            ("llama.embedding_length", n_embd),
+            ("llama.feed_forward_length", n_ff),
+            ("llama.context_length", context_length),
+            ("llama.vocab_size", vocab_size),
+        ] {
+            if value == 0 {
+                return Err(bad(key, "a positive number"));
+            }
+        }
         Ok(LlamaConfig {
-            n_layer: m.usize_at_most("llama.block_count", MAX_LAYERS)?,
+            n_layer,
             n_embd,
-            n_ff: m.usize_at_most("llama.feed_forward_length", MAX_DIM * 4)?,
+            n_ff,
             n_head,
             n_head_kv,
             head_dim,
             rms_eps,
             rope_base,
             vocab_size,
-            context_length: m.usize_at_most("llama.context_length", MAX_CONTEXT)?,
+            context_length,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::Value;
+
+    fn metadata(overrides: &[(&str, Value)]) -> Metadata {
+        let mut m = std::collections::BTreeMap::new();
+        for (k, v) in [
+            ("general.architecture", Value::String("llama".into())),
+            ("llama.block_count", Value::U32(2)),
+            ("llama.embedding_length", Value::U32(64)),
+            ("llama.feed_forward_length", Value::U32(128)),
+            ("llama.attention.head_count", Value::U32(4)),
+            ("llama.attention.head_count_kv", Value::U32(2)),
+            ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
+            ("llama.context_length", Value::U32(256)),
+            ("llama.vocab_size", Value::U32(100)),
+        ] {
+            m.insert(k.to_owned(), v);
+        }
+        for (k, v) in overrides {
+            m.insert((*k).to_owned(), v.clone());
+        }
+        Metadata::from(m)
+    }
+
+    #[test]
+    fn reads_a_valid_config() {
+        let c = LlamaConfig::from_metadata(&metadata(&[])).unwrap();
+        assert_eq!(
+            (c.head_dim, c.n_head / c.n_head_kv, c.rope_base),
+            (16, 2, 10_000.0)
+        );
+    }
+
+    #[test]
+    fn impossible_shapes_are_refused_with_the_key_named() {
+        for (key, value) in [
+            ("general.architecture", Value::String("gpt2".into())),
+            ("llama.embedding_length", Value::U32(0)),
+            ("llama.embedding_length", Value::U32(68)),
+            ("llama.attention.head_count_kv", Value::U32(3)),
+            ("llama.attention.head_count", Value::U32(0)),
+            ("llama.block_count", Value::U32(0)),
+            ("llama.context_length", Value::U64(1 << 40)),
+            (
+                "llama.attention.layer_norm_rms_epsilon",
+                Value::F32(f32::NAN),
+            ),
+            ("llama.rope.dimension_count", Value::U32(8)),
+            ("llama.rope.scaling.type", Value::String("yarn".into())),
+        ] {
+            let err = LlamaConfig::from_metadata(&metadata(&[(key, value)])).unwrap_err();
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
     }
 }

@@ -13,6 +13,7 @@
 //!   batch-invariant, with a KV cache that rolls back; [`config`] reads its shape.
 //! - [`generate`]: the generation loop, plain or with a draft model (same tokens).
 //! - [`backend`]: the one module that names concrete backends (CPU, CUDA, WebGPU).
+//!
 //! The crate builds for native targets and for `wasm32-unknown-unknown`.
 #![deny(missing_docs)]
 

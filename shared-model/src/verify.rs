@@ -269,7 +269,12 @@ mod tests {
         let mut standard = [0u64; 4];
         let mut matching = [0u64; 4];
         for _ in 0..trials {
-            let v = verify_sampling(&[0], &[claimed.clone()], &[&p0[..], &p1], &mut rng);
+            let v = verify_sampling(
+                &[0],
+                std::slice::from_ref(&claimed),
+                &[&p0[..], &p1],
+                &mut rng,
+            );
             standard[v.tokens[0] as usize] += 1;
             let v = verify_sampled_match(&[0], &[&p0[..], &p1], &mut rng);
             matching[v.tokens[0] as usize] += 1;

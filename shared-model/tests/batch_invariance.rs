@@ -106,3 +106,34 @@ fn bad_input_is_refused_without_touching_the_cache() {
     );
     assert_eq!(cache.len(), 4);
 }
+
+#[test]
+fn sessions_with_their_own_caches_do_not_interfere() {
+    let (model, tokens) = setup();
+    let (a, b) = (&tokens[..12], &tokens[12..24]);
+    let alone = |t: &[u32]| {
+        let mut cache = model.new_cache();
+        bits(
+            &model
+                .logits_to_rows(model.forward(t, &mut cache, Logits::All).unwrap())
+                .unwrap(),
+        )
+    };
+    // Interleave two sequences on one model, a few tokens at a time.
+    let (mut ca, mut cb) = (model.new_cache(), model.new_cache());
+    let (mut ra, mut rb) = (Vec::new(), Vec::new());
+    for i in (0..12).step_by(3) {
+        ra.extend(
+            model
+                .logits_to_rows(model.forward(&a[i..i + 3], &mut ca, Logits::All).unwrap())
+                .unwrap(),
+        );
+        rb.extend(
+            model
+                .logits_to_rows(model.forward(&b[i..i + 3], &mut cb, Logits::All).unwrap())
+                .unwrap(),
+        );
+    }
+    assert_eq!(bits(&ra), alone(a));
+    assert_eq!(bits(&rb), alone(b));
+}

@@ -532,7 +532,7 @@ fn tensor_size(name: &str, dims: &[u64], ty: GgmlType) -> Result<u64, GgufError>
         .try_fold(1u64, |acc, &d| acc.checked_mul(d))
         .ok_or_else(|| bad(format!("dimensions {dims:?} overflow")))?;
     let (block, type_size) = ty.block_geometry();
-    if dims[0] % block as u64 != 0 {
+    if !dims[0].is_multiple_of(block as u64) {
         return Err(bad(format!(
             "row of {} values is not a whole number of {block}-value blocks",
             dims[0]

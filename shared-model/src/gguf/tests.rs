@@ -56,7 +56,7 @@ impl Builder {
     }
 
     fn tensor(mut self, name: &str, dims: &[u64], type_id: u32, bytes: &[u8]) -> Self {
-        while self.data.len() % 32 != 0 {
+        while !self.data.len().is_multiple_of(32) {
             self.data.push(0);
         }
         Self::string(&mut self.infos, name);
@@ -78,7 +78,7 @@ impl Builder {
         out.extend(self.n_kv.to_le_bytes());
         out.extend(self.kv);
         out.extend(self.infos);
-        while out.len() % 32 != 0 {
+        while !out.len().is_multiple_of(32) {
             out.push(0);
         }
         out.extend(self.data);
@@ -119,7 +119,7 @@ fn reads_metadata_and_tensors() {
     assert_eq!(dims, vec![2, 3]);
     assert_eq!(w, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
     assert_eq!(g.tensor_f32("v").unwrap().1, vec![-1.0, 0.5, 0.25, 8.0]);
-    assert!(g.tensor_info("v").unwrap().offset % 32 == 0);
+    assert!(g.tensor_info("v").unwrap().offset.is_multiple_of(32));
     assert!(matches!(
         g.tensor_f32("missing"),
         Err(GgufError::MissingTensor(_))

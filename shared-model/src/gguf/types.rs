@@ -157,7 +157,7 @@ pub fn dequantize(
     tensor: &str,
 ) -> Result<(), GgufError> {
     let (block, type_size) = ty.block_geometry();
-    if out.len() % block != 0 || bytes.len() != out.len() / block * type_size {
+    if !out.len().is_multiple_of(block) || bytes.len() != out.len() / block * type_size {
         return Err(GgufError::TensorSize {
             tensor: tensor.to_owned(),
             detail: format!(

@@ -35,6 +35,8 @@ impl PreTokenizer {
     /// Splits `text` into words (byte ranges).
     pub fn split<'a>(&self, text: &'a str) -> Vec<&'a str> {
         let chars: Vec<(usize, char)> = text.char_indices().collect();
+        // One piece, the whole text, that each expression splits further.
+        #[allow(clippy::single_range_in_vec_init)]
         let mut pieces = vec![0..chars.len()];
         if *self == PreTokenizer::DigitsThenGpt2 {
             pieces = pieces
