@@ -145,14 +145,20 @@ struct Block<B: Backend> {
 
 /// Keys and values of the positions a sequence has seen, per layer.
 ///
-/// One cache per sequence; the model itself is shared. [`KvCache::truncate`]
-/// rolls back rejected drafts.
+/// One cache per sequence; the model itself is shared. Each layer keeps one
+/// buffer of `[g, capacity, hd]` that grows by doubling and is written in place,
+/// so a decoding step copies only its own new keys and values.
+/// [`KvCache::truncate`] rolls back rejected drafts by moving the end marker.
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
-    /// Per layer: keys and values, `[g, len, hd]`.
+    /// Per layer: key and value buffers, `[g, capacity, hd]`; positions
+    /// `len..capacity` are stale.
     layers: Vec<Option<(Tensor<B, 3>, Tensor<B, 3>)>>,
     len: usize,
 }
+
+/// Capacity of a fresh layer buffer, in positions.
+const INITIAL_CAPACITY: usize = 256;
 
 impl<B: Backend> KvCache<B> {
     /// An empty cache for a model of `n_layer` blocks.
@@ -175,16 +181,48 @@ impl<B: Backend> KvCache<B> {
 
     /// Forgets every position from `len` on.
     pub fn truncate(&mut self, len: usize) {
-        if len >= self.len {
-            return;
-        }
-        for layer in &mut self.layers {
-            *layer = match (layer.take(), len) {
-                (_, 0) | (None, _) => None,
-                (Some((k, v)), len) => Some((k.narrow(1, 0, len), v.narrow(1, 0, len))),
-            };
-        }
-        self.len = len;
+        self.len = self.len.min(len);
+    }
+
+    /// Writes `keys`/`values` (`[g, n, hd]`) at positions `start..start + n` of
+    /// `layer` and returns views of positions `0..start + n`.
+    fn write(
+        &mut self,
+        layer: usize,
+        start: usize,
+        keys: Tensor<B, 3>,
+        values: Tensor<B, 3>,
+        max_capacity: usize,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let [g, n, hd] = keys.dims();
+        let end = start + n;
+        let (mut kb, mut vb) = match self.layers[layer].take() {
+            Some((kb, vb)) if kb.dims()[1] >= end => (kb, vb),
+            old => {
+                // Grow by doubling (amortised O(1) per position), keeping what is valid.
+                let capacity = end
+                    .max(INITIAL_CAPACITY)
+                    .next_power_of_two()
+                    .min(max_capacity)
+                    .max(end);
+                let device = keys.device();
+                let mut kb = Tensor::zeros([g, capacity, hd], &device);
+                let mut vb = Tensor::zeros([g, capacity, hd], &device);
+                if let Some((ok, ov)) = old
+                    && start > 0
+                {
+                    kb = kb.slice_assign([0..g, 0..start, 0..hd], ok.narrow(1, 0, start));
+                    vb = vb.slice_assign([0..g, 0..start, 0..hd], ov.narrow(1, 0, start));
+                }
+                (kb, vb)
+            }
+        };
+        // The buffers are uniquely owned here, so backends write in place.
+        kb = kb.slice_assign([0..g, start..end, 0..hd], keys);
+        vb = vb.slice_assign([0..g, start..end, 0..hd], values);
+        let views = (kb.clone().narrow(1, 0, end), vb.clone().narrow(1, 0, end));
+        self.layers[layer] = Some((kb, vb));
+        views
     }
 }
 
@@ -340,13 +378,14 @@ impl<B: Backend> Llama<B> {
                 &sin,
             );
             let v = block.wv.forward(h).reshape([n, c.n_head_kv, c.head_dim]);
-            let (k, v) = (k.swap_dims(0, 1), v.swap_dims(0, 1));
-            let (keys, values) = match cache.layers[layer].take() {
-                None => (k, v),
-                Some((ck, cv)) => (Tensor::cat(vec![ck, k], 1), Tensor::cat(vec![cv, v], 1)),
-            };
+            let (keys, values) = cache.write(
+                layer,
+                start,
+                k.swap_dims(0, 1),
+                v.swap_dims(0, 1),
+                c.context_length,
+            );
             let attended = self.attention(q, &keys, &values, start);
-            cache.layers[layer] = Some((keys, values));
             x = x + block.wo.forward(attended);
 
             let h = rms_norm(x.clone(), block.ffn_norm.clone(), c.rms_eps);
