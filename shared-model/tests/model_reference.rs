@@ -17,19 +17,11 @@ fn model() -> Llama<Cpu> {
     Llama::load(&mut gguf, &cpu_device(), None).unwrap()
 }
 
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 #[test]
 fn logits_of_every_prompt_position_match_the_reference() {
     let fixture = common::fixture("f32_reference_logits.json");
     let model = model();
-    let prompt = ids(&fixture["prompt_ids"]);
+    let prompt = common::ids(&fixture["prompt_ids"]);
     let mut cache = model.new_cache();
     let rows = model
         .logits_to_rows(model.forward(&prompt, &mut cache, Logits::All).unwrap())
@@ -82,13 +74,13 @@ fn greedy_decoding_follows_the_reference_path() {
     {
         let name = case["name"].as_str().unwrap();
         assert_eq!(theirs["name"], case["name"]);
-        let prompt = ids(&case["prompt_ids"]);
+        let prompt = common::ids(&case["prompt_ids"]);
         assert_eq!(
-            ids(&theirs["prompt_ids"]),
+            common::ids(&theirs["prompt_ids"]),
             prompt,
             "{name}: both references start from the same ids"
         );
-        let expected = ids(&case["tokens"]);
+        let expected = common::ids(&case["tokens"]);
         let gaps: Vec<f64> = case["top2_gaps"]
             .as_array()
             .unwrap()
@@ -129,7 +121,7 @@ fn greedy_decoding_follows_the_reference_path() {
             }
         }
 
-        let reference = ids(&theirs["generated_ids"]);
+        let reference = common::ids(&theirs["generated_ids"]);
         let their_gaps: Vec<f64> = theirs["top1_top2_gap"]
             .as_array()
             .unwrap()

@@ -14,14 +14,6 @@ fn tokenizer() -> Tokenizer {
     Tokenizer::from_metadata(&gguf.metadata).unwrap()
 }
 
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 #[test]
 fn token_ids_equal_llama_cpp() {
     let t = tokenizer();
@@ -35,7 +27,7 @@ fn token_ids_equal_llama_cpp() {
     for case in cases {
         let text = case["text"].as_str().unwrap();
         let parse_special = case["parse_special"].as_bool().unwrap();
-        let expected = ids(&case["ids"]);
+        let expected = common::ids(&case["ids"]);
         let got = t.encode(
             text,
             EncodeOptions {
