@@ -183,7 +183,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve { .. } => {
             bail!(
-                "serving is not built yet (wire protocol {} only); the swarm, verifier and web app arrive in the next issues",
+                "serving is not built yet (wire protocol {} only); the swarm, verifier and web app \
+                 arrive in the next issues. Meanwhile `oracle generate --model FILE --prompt TEXT \
+                 --max-tokens N` runs the model here",
                 shared_proto::PROTOCOL_VERSION
             )
         }

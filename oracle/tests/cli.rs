@@ -222,3 +222,14 @@ fn generate_rejects_bad_arguments() {
     ]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn serve_says_it_is_not_built_yet_and_what_works_instead() {
+    let out = oracle(&["serve", "--model", model().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not built yet") && err.contains("oracle generate"),
+        "{err}"
+    );
+}
