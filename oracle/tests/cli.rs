@@ -233,3 +233,32 @@ fn serve_says_it_is_not_built_yet_and_what_works_instead() {
         "{err}"
     );
 }
+
+#[test]
+fn asking_for_a_backend_that_was_not_built_in_is_a_clear_error() {
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    let model = model();
+    let out = oracle(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "x",
+        "--max-tokens",
+        "1",
+        "--backend",
+        "cuda",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--features cuda"));
+    let out = oracle(&[
+        "bench",
+        "--model",
+        model.to_str().unwrap(),
+        "--backend",
+        "tpu",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -214,60 +214,53 @@ impl Metadata {
         self.0.keys().map(String::as_str)
     }
 
-    /// A required unsigned integer.
-    pub fn u64(&self, key: &str) -> Result<u64, GgufError> {
-        let v = self
+    /// The value of a required key, converted by `as_type`.
+    fn required<'a, T>(
+        &'a self,
+        key: &str,
+        expected: &'static str,
+        as_type: impl FnOnce(&'a Value) -> Option<T>,
+    ) -> Result<T, GgufError> {
+        let value = self
             .get(key)
             .ok_or_else(|| GgufError::MissingKey(key.to_owned()))?;
-        v.as_u64().ok_or_else(|| GgufError::WrongType {
+        as_type(value).ok_or_else(|| GgufError::WrongType {
             key: key.to_owned(),
-            expected: "an unsigned integer",
+            expected,
         })
+    }
+
+    /// A required unsigned integer.
+    pub fn u64(&self, key: &str) -> Result<u64, GgufError> {
+        self.required(key, "an unsigned integer", Value::as_u64)
     }
 
     /// A required integer that must fit in `usize` (and be at most `max`).
     pub fn usize_at_most(&self, key: &str, max: usize) -> Result<usize, GgufError> {
-        let v = self.u64(key)?;
-        match usize::try_from(v) {
-            Ok(n) if n <= max => Ok(n),
-            _ => Err(GgufError::WrongType {
-                key: key.to_owned(),
-                expected: "a smaller integer",
-            }),
-        }
+        self.required(
+            key,
+            "an unsigned integer no larger than the implementation allows",
+            |v| {
+                v.as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .filter(|&n| n <= max)
+            },
+        )
     }
 
     /// A required float.
     pub fn f64(&self, key: &str) -> Result<f64, GgufError> {
-        let v = self
-            .get(key)
-            .ok_or_else(|| GgufError::MissingKey(key.to_owned()))?;
-        v.as_f64().ok_or_else(|| GgufError::WrongType {
-            key: key.to_owned(),
-            expected: "a number",
-        })
+        self.required(key, "a number", Value::as_f64)
     }
 
     /// A required string.
     pub fn str(&self, key: &str) -> Result<&str, GgufError> {
-        let v = self
-            .get(key)
-            .ok_or_else(|| GgufError::MissingKey(key.to_owned()))?;
-        v.as_str().ok_or_else(|| GgufError::WrongType {
-            key: key.to_owned(),
-            expected: "a string",
-        })
+        self.required(key, "a string", Value::as_str)
     }
 
     /// A required array.
     pub fn array(&self, key: &str) -> Result<&[Value], GgufError> {
-        let v = self
-            .get(key)
-            .ok_or_else(|| GgufError::MissingKey(key.to_owned()))?;
-        v.as_array().ok_or_else(|| GgufError::WrongType {
-            key: key.to_owned(),
-            expected: "an array",
-        })
+        self.required(key, "an array", Value::as_array)
     }
 }
 
