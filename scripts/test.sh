@@ -5,7 +5,7 @@
 #
 # In order: setup (scripts/setup.sh), formatting, clippy with warnings as errors
 # (native and wasm32), the Rust tests of the whole workspace (the model tests run the
-# real default model), the wasm32 builds (shared-proto, shared-model on WebGPU, the
+# real default model), the OpenAI Python SDK against a real `oracle serve`, the wasm32 builds (shared-proto, shared-model on WebGPU, the
 # web app through trunk), the CUDA feature's compile check, the fuzz target, the
 # setup's own model check, and the browser tests. Stops at the first failure.
 set -euo pipefail
@@ -77,7 +77,33 @@ count_passed() {
     awk '/^test result:/ { n += $4 } /^ *[0-9]+ passed/ { n += $1 } END { print n + 0 }' "$RESULTS"
 }
 
+# The OpenAI Python SDK against a real `oracle serve` (the binary cargo test built).
+openai_sdk_test() {
+    local oracle="${CARGO_TARGET_DIR:-target}/debug/oracle"
+    local log
+    log="$(mktemp)"
+    "$oracle" serve --model "$SHARD_MODELS_DIR/$DEFAULT_MODEL" --http 127.0.0.1:0 \
+        --data-dir "$SHARD_CACHE/test-data" >"$log" 2>&1 &
+    local pid=$!
+    local addr=""
+    for _ in $(seq 1 300); do
+        addr="$(sed -n 's|^listening on http://||p' "$log")"
+        [ -n "$addr" ] && break
+        kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "oracle serve exited early"; }
+        sleep 0.2
+    done
+    [ -n "$addr" ] || { kill "$pid"; cat "$log" >&2; die "oracle serve did not start"; }
+    local rc=0
+    "$SHARD_VENV/bin/python" scripts/openai_sdk_test.py "http://$addr/v1" | tee -a "$RESULTS" || rc=$?
+    kill -TERM "$pid"
+    wait "$pid" || { cat "$log" >&2; die "oracle serve did not stop cleanly on SIGTERM"; }
+    rm -f "$log"
+    [ "$rc" -eq 0 ] || die "the OpenAI SDK test failed"
+    echo "1 passed" >>"$RESULTS"
+}
+
 step "cargo test" cargo_tests
+step "OpenAI Python SDK against oracle serve" openai_sdk_test
 step "wasm32 build (shared-proto; shared-model on WebGPU)" scripts/wasm-cargo build --locked -p shared-proto -p shared-model --no-default-features --features shared-model/webgpu
 step "CUDA backend compiles (runs where a GPU is)" cargo check --locked -p oracle --features cuda
 step "web app build (trunk, offline)" env TRUNK_OFFLINE=true trunk build --config trunk.toml

@@ -1,4 +1,4 @@
-//! Command-line interface. Other tools call these commands, so their flags and
+//! The command line. Other tools call these commands, so their flags and
 //! JSON output are a contract: change them only with care.
 
 use std::path::{Path, PathBuf};
@@ -9,11 +9,15 @@ use anyhow::{Context, bail, ensure};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use shared_model::backend::{Backend, Cpu, cpu_device};
-use shared_model::generate::{Generator, SamplingVerifier};
+use shared_model::draft::DraftModel;
+use shared_model::generate::Generator;
 use shared_model::gguf::Gguf;
 use shared_model::model::{Llama, Logits};
 use shared_model::sampling::SamplingParams;
+use shared_model::session::{SamplingVerifier, Session, SessionConfig};
 use shared_model::tokenizer::{EncodeOptions, StreamDecoder, Tokenizer};
+
+use crate::serve::{self, BackendChoice, ServeArgs, init_logging};
 
 #[derive(Parser)]
 #[command(
@@ -54,12 +58,8 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         repeat: usize,
     },
-    /// Serve the model to the network (not built yet).
-    Serve {
-        /// GGUF model file.
-        #[arg(long)]
-        model: Option<PathBuf>,
-    },
+    /// Serve the model: the OpenAI-compatible API, status, metrics and the web app.
+    Serve(Box<ServeArgs>),
 }
 
 #[derive(clap::Args)]
@@ -106,15 +106,6 @@ struct GenerateArgs {
     backend: BackendChoice,
 }
 
-/// The compute backends the binary can run on.
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum BackendChoice {
-    /// burn's flex backend on the CPU.
-    Cpu,
-    /// CUDA GPU 0 (needs a build with `--features cuda`).
-    Cuda,
-}
-
 /// Runs `$body` with `$b` bound to the chosen backend type and `$device` to its device.
 macro_rules! with_backend {
     ($choice:expr, |$device:ident: $b:ident| $body:expr) => {
@@ -140,7 +131,7 @@ macro_rules! with_backend {
 
 /// Parses arguments, runs the command, and maps errors to exit codes: 2 for
 /// usage errors (from clap), 1 for everything else.
-pub(crate) fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -181,13 +172,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 repeat.max(1)
             ))
         }
-        Command::Serve { .. } => {
-            bail!(
-                "serving is not built yet (wire protocol {} only); the swarm, verifier and web app \
-                 arrive in the next issues. Meanwhile `oracle generate --model FILE --prompt TEXT \
-                 --max-tokens N` runs the model here",
-                shared_proto::PROTOCOL_VERSION
-            )
+        Command::Serve(args) => {
+            let config = args.resolve()?;
+            init_logging(config.log_format);
+            with_backend!(config.backend, |device: B| serve::run::<B>(config, &device))
         }
     }
 }
@@ -275,67 +263,81 @@ fn generate<B: Backend>(args: GenerateArgs, device: &B::Device) -> anyhow::Resul
                 "the draft model {} does not share the target's vocabulary",
                 path.display()
             );
-            Some(load_model::<B>(
+            Some(DraftModel::new(load_model::<B>(
                 &mut draft_gguf,
                 path,
                 device,
                 args.draft_layers,
-            )?)
+            )?))
         }
     };
     let load_ms = ms(load_started);
 
     let prompt = tokenizer.encode(&args.prompt, EncodeOptions::PROMPT);
     ensure!(!prompt.is_empty(), "the prompt is empty");
-    let prefill_started = Instant::now();
-    let mut generator = Generator::new(&target, &prompt, params)
-        .context("prefill failed")?
-        .with_verifier(verifier);
+    let max_context = target.config().context_length;
+    ensure!(
+        prompt.len() < max_context,
+        "the prompt has {} tokens; the model's context is {max_context}",
+        prompt.len()
+    );
+    let session = Session::new(
+        prompt.clone(),
+        SessionConfig {
+            params,
+            verifier,
+            max_new_tokens: args.max_tokens,
+            stop_tokens: tokenizer.end_of_generation_tokens(),
+            max_context,
+            top_logprobs: None,
+        },
+    )?;
+    let mut generator = Generator::new(&target, session);
     if let Some(draft) = &draft {
         generator = generator.with_draft(draft, args.draft_k);
     }
-    let prefill_ms = ms(prefill_started);
 
-    let decode_started = Instant::now();
+    // The first pass (prefill, and its first token) is timed apart from decoding.
+    let started = Instant::now();
+    let mut prefill_ms = None;
     let mut tokens = Vec::new();
-    let mut stop_reason = "max_tokens";
     let mut stream = StreamDecoder::default();
-    'outer: while tokens.len() < args.max_tokens {
-        let round = generator
-            .step(args.max_tokens - tokens.len())
-            .context("decoding failed")?;
-        if round.is_empty() {
-            stop_reason = "context_full";
-            break;
+    while generator.session().stopped().is_none() {
+        let round = generator.step().context("decoding failed")?;
+        if prefill_ms.is_none() && !round.is_empty() {
+            prefill_ms = Some(ms(started));
         }
-        for token in round {
-            if tokenizer.is_end_of_generation(token) {
-                stop_reason = "end_of_generation";
-                break 'outer;
-            }
-            tokens.push(token);
+        for t in round {
+            tokens.push(t.token);
             if !args.json {
                 use std::io::Write;
-                print!("{}", stream.push(&tokenizer.token_bytes(token, false)));
+                print!("{}", stream.push(&tokenizer.token_bytes(t.token, false)));
                 std::io::stdout().flush().ok();
             }
         }
     }
-    let decode_ms = ms(decode_started);
+    let prefill_ms = prefill_ms.unwrap_or_else(|| ms(started));
+    let decode_ms = (ms(started) - prefill_ms).max(0.0);
+    let stop_reason = generator
+        .session()
+        .stopped()
+        .map_or("max_tokens", |r| r.as_str());
     let s = generator.stats();
+    let decoded = tokens.len().saturating_sub(1);
     let stats = GenerateStats {
         prompt_tokens: prompt.len(),
         generated_tokens: tokens.len(),
         stop_reason,
-        target_forward_passes: s.target_forward_passes,
-        target_passes_per_token: s.target_forward_passes as f64 / tokens.len().max(1) as f64,
+        target_forward_passes: s.session.target_forward_passes,
+        target_passes_per_token: s.session.target_forward_passes as f64
+            / tokens.len().max(1) as f64,
         draft_forward_passes: s.draft_forward_passes,
-        draft_tokens_proposed: s.draft_tokens_proposed,
-        draft_tokens_accepted: s.draft_tokens_accepted,
+        draft_tokens_proposed: s.session.draft_tokens_proposed,
+        draft_tokens_accepted: s.session.draft_tokens_accepted,
         load_ms,
         prefill_ms,
         decode_ms,
-        decode_tokens_per_second: tokens.len() as f64 / (decode_ms / 1000.0).max(1e-9),
+        decode_tokens_per_second: decoded as f64 / (decode_ms / 1000.0).max(1e-9),
     };
     if args.json {
         let text = tokenizer.decode(&tokens);

@@ -223,23 +223,114 @@ fn generate_rejects_bad_arguments() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// Sends one HTTP/1.1 request and returns the whole response text.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 #[test]
-fn serve_says_it_is_not_built_yet_and_what_works_instead() {
-    let out = oracle(&["serve", "--model", model().to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("not built yet") && err.contains("oracle generate"),
-        "{err}"
-    );
+fn serve_listens_answers_and_stops_gracefully_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let dir = std::env::temp_dir().join(format!("shard-serve-test-{}", std::process::id()));
+    let config = dir.join("oracle.toml");
+    std::fs::create_dir_all(&dir).unwrap();
+    // Flags win over the file: the file's port would clash, the flag's is free.
+    std::fs::write(&config, "http = \"127.0.0.1:1\"\nmax_sessions = 2\n").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_oracle"))
+        .args([
+            "serve",
+            "--model",
+            model().to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--data-dir",
+            dir.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    let health = http_get(&addr, "/health");
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let status = http_get(&addr, "/api/status");
+    assert!(status.contains("\"max_sessions\":2"), "{status}");
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}\n{log}", out.status);
+    assert!(log.contains("shutdown requested"), "{log}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn serve_refuses_bad_configuration_clearly() {
+    let dir = std::env::temp_dir().join(format!("shard-serve-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let typo = dir.join("typo.toml");
+    std::fs::write(&typo, "max_sesions = 2\n").unwrap();
+    let m = model();
+    let m = m.to_str().unwrap();
+    for (args, needle) in [
+        (vec!["--config", typo.to_str().unwrap()], "max_sesions"),
+        (
+            vec!["--config", "/nonexistent/oracle.toml"],
+            "/nonexistent/oracle.toml",
+        ),
+        (vec!["--max-sessions", "0"], "--max-sessions"),
+        (vec!["--kv-cache-mib", "1"], "--kv-cache-mib"),
+        (vec!["--model=/nonexistent/model.gguf"], "scripts/setup.sh"),
+    ] {
+        let mut full = vec!["serve", "--http", "127.0.0.1:0"];
+        if !args[0].starts_with("--model") {
+            full.extend(["--model", m]);
+        }
+        full.extend(args);
+        let out = oracle(&full);
+        assert_eq!(out.status.code(), Some(1), "{full:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{full:?}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn asking_for_a_backend_that_was_not_built_in_is_a_clear_error() {
-    if cfg!(feature = "cuda") {
-        return;
-    }
     let model = model();
+    // An unknown backend is a usage error in every build.
+    let out = oracle(&[
+        "bench",
+        "--model",
+        model.to_str().unwrap(),
+        "--backend",
+        "tpu",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
     let out = oracle(&[
         "generate",
         "--model",
@@ -251,14 +342,11 @@ fn asking_for_a_backend_that_was_not_built_in_is_a_clear_error() {
         "--backend",
         "cuda",
     ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--features cuda"));
-    let out = oracle(&[
-        "bench",
-        "--model",
-        model.to_str().unwrap(),
-        "--backend",
-        "tpu",
-    ]);
-    assert_eq!(out.status.code(), Some(2));
+    if cfg!(feature = "cuda") {
+        // Built in: it runs where a GPU is, and says why not where none is.
+        assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
+    } else {
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--features cuda"));
+    }
 }

@@ -11,7 +11,11 @@
 //!
 //! - [`model`]: the Llama-family transformer on burn, generic over the backend,
 //!   batch-invariant, with a KV cache that rolls back; [`config`] reads its shape.
-//! - [`generate`]: the generation loop, plain or with a draft model (same tokens).
+//! - [`session`]: one request as a token-level state machine (feed, verify,
+//!   stop rules, counters), shared by `oracle generate`, the server and scouts.
+//! - [`draft`]: drafting with a local model, batched over sequences.
+//! - [`generate`]: one sequence on this machine, plain or with a draft model (same tokens).
+//! - [`text`]: token bytes to text as it streams, with stop strings held back.
 //! - [`backend`]: the one module that names concrete backends (CPU, CUDA, WebGPU).
 //!
 //! The crate builds for native targets and for `wasm32-unknown-unknown`.
@@ -19,9 +23,12 @@
 
 pub mod backend;
 pub mod config;
+pub mod draft;
 pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod sampling;
+pub mod session;
+pub mod text;
 pub mod tokenizer;
 pub mod verify;

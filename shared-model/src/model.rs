@@ -1,10 +1,13 @@
 //! A Llama-family transformer on burn, generic over the backend.
 //!
-//! `forward` takes the k new tokens of a sequence and its [`KvCache`] and
-//! returns logits for **every** new position, so k drafted tokens are checked in
-//! one pass. It is *batch-invariant*: the logits of a position are bit for bit
-//! the same whether it is computed alone, in a prompt, or among k drafts. That
-//! is what makes speculative decoding lossless, and it takes care:
+//! [`Llama::forward_batch`] runs the new tokens of several sequences, each with
+//! its own [`KvCache`], in one pass and returns logits for the positions each
+//! asks for — every drafted position, so k drafts are checked in one pass.
+//! [`Llama::forward`] is the same pass over one sequence. The pass is
+//! *batch-invariant*: the logits of a position are bit for bit the same whether
+//! it is computed alone, in a prompt, among k drafts or beside other sequences.
+//! That is what makes speculative decoding lossless and continuous batching
+//! invisible to each request, and it takes care:
 //!
 //! - Linear layers multiply by weights stored `[in, out]` contiguously and split
 //!   every reduction into chunks of at most [`REDUCTION_CHUNK`] values, summed in
@@ -14,6 +17,8 @@
 //! - Attention is computed position by position, each with exactly its own
 //!   context: the same shapes, hence the same kernels, as one-token decoding.
 //! - RMSNorm, RoPE, SwiGLU and softmax work row by row.
+//! - Rows of different sequences meet only in the linear layers (row by row,
+//!   as above); each sequence attends over its own cache.
 //!
 //! The test `tests/batch_invariance.rs` checks this bit for bit.
 //!
@@ -67,6 +72,22 @@ pub enum ModelError {
         /// The limit.
         max: usize,
     },
+    /// A cache made for a model with another number of layers.
+    #[error("a cache of {cache} layers used with a model of {model}")]
+    CacheMismatch {
+        /// Layers of the cache.
+        cache: usize,
+        /// Layers of the model.
+        model: usize,
+    },
+    /// Item `index` of a batched pass is bad (nothing was run).
+    #[error("sequence {index} of the batch: {source}")]
+    InBatch {
+        /// Position of the item in the batch.
+        index: usize,
+        /// What is wrong with it.
+        source: Box<ModelError>,
+    },
     /// Reading a tensor back from the device failed.
     #[error("reading a tensor from the device failed: {0}")]
     Readback(String),
@@ -79,6 +100,34 @@ pub enum Logits {
     All,
     /// Only the last (prefill before decoding, plain decoding).
     Last,
+    /// None (a prefill chunk that is not the prompt's end).
+    None,
+    /// The positions from this index of the new tokens on (a verification
+    /// round: the last context token and the drafts after it).
+    From(usize),
+}
+
+impl Logits {
+    /// The index of the first of `n` new positions that gets logits (`n`: none).
+    fn first_row(self, n: usize) -> usize {
+        match self {
+            Logits::All => 0,
+            Logits::Last => n.saturating_sub(1),
+            Logits::None => n,
+            Logits::From(i) => i.min(n),
+        }
+    }
+}
+
+/// One sequence's part of a batched forward pass.
+#[derive(Debug)]
+pub struct BatchItem<'a, B: Backend> {
+    /// The next positions of the sequence.
+    pub tokens: &'a [u32],
+    /// Its cache; grows by `tokens.len()`.
+    pub cache: &'a mut KvCache<B>,
+    /// Which of the new positions need logits.
+    pub logits: Logits,
 }
 
 /// A weight matrix stored `[in, out]`, pre-split along `in` into chunks of at
@@ -155,18 +204,41 @@ pub struct KvCache<B: Backend> {
     /// `len..capacity` are stale.
     layers: Vec<Option<(Tensor<B, 3>, Tensor<B, 3>)>>,
     len: usize,
+    /// Most positions this cache may ever hold (its memory budget).
+    limit: usize,
+    /// Bytes of one position across all layers, keys and values.
+    bytes_per_position: usize,
 }
 
 /// Capacity of a fresh layer buffer, in positions.
 const INITIAL_CAPACITY: usize = 256;
 
 impl<B: Backend> KvCache<B> {
-    /// An empty cache for a model of `n_layer` blocks.
-    pub fn new(n_layer: usize) -> Self {
+    /// An empty cache for a model of shape `config` that holds at most
+    /// `limit` positions (capped at the model's context length).
+    pub fn new(config: &LlamaConfig, limit: usize) -> Self {
         KvCache {
-            layers: vec![None; n_layer],
+            layers: vec![None; config.n_layer],
             len: 0,
+            limit: limit.min(config.context_length),
+            bytes_per_position: kv_bytes_per_position(config),
         }
+    }
+
+    /// Most positions this cache may hold.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Device memory the cache holds now, in bytes (its buffers' capacity,
+    /// which grows by doubling up to [`KvCache::limit`]).
+    pub fn allocated_bytes(&self) -> usize {
+        let capacity = self
+            .layers
+            .first()
+            .and_then(Option::as_ref)
+            .map_or(0, |(k, _)| k.dims()[1]);
+        capacity * self.bytes_per_position
     }
 
     /// Positions held.
@@ -192,8 +264,8 @@ impl<B: Backend> KvCache<B> {
         start: usize,
         keys: Tensor<B, 3>,
         values: Tensor<B, 3>,
-        max_capacity: usize,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let max_capacity = self.limit;
         let [g, n, hd] = keys.dims();
         let end = start + n;
         let (mut kb, mut vb) = match self.layers[layer].take() {
@@ -322,42 +394,78 @@ impl<B: Backend> Llama<B> {
         &self.config
     }
 
-    /// An empty cache for one sequence.
+    /// An empty cache for one sequence, as long as the model's context.
     pub fn new_cache(&self) -> KvCache<B> {
-        KvCache::new(self.blocks.len())
+        KvCache::new(&self.config, self.config.context_length)
+    }
+
+    /// An empty cache for one sequence of at most `limit` positions.
+    pub fn new_cache_with_limit(&self, limit: usize) -> KvCache<B> {
+        KvCache::new(&self.config, limit)
     }
 
     /// Runs `tokens` (the next positions of the sequence in `cache`) and
-    /// returns `[n, v]` logits (`[1, v]` with [`Logits::Last`]). The cache grows
-    /// by `tokens.len()`.
+    /// returns logits for the positions `which` names, `[rows, v]`. The cache
+    /// grows by `tokens.len()`. With [`Logits::None`] it returns `[0, v]`.
     pub fn forward(
         &self,
         tokens: &[u32],
         cache: &mut KvCache<B>,
         which: Logits,
     ) -> Result<Tensor<B, 2>, ModelError> {
+        let mut item = [BatchItem {
+            tokens,
+            cache,
+            logits: which,
+        }];
+        match self.forward_batch(&mut item) {
+            Ok(Some(logits)) => Ok(logits),
+            Ok(None) => Ok(Tensor::zeros([0, self.config.vocab_size], &self.device)),
+            Err(ModelError::InBatch { source, .. }) => Err(*source),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One pass over the new tokens of several sequences. Returns the logits
+    /// the items ask for, item after item, `[rows, v]` (`None` when no item
+    /// asks for any). Every item is checked before anything runs: a bad one
+    /// fails the call ([`ModelError::InBatch`]) and leaves every cache as it was.
+    pub fn forward_batch(
+        &self,
+        items: &mut [BatchItem<'_, B>],
+    ) -> Result<Option<Tensor<B, 2>>, ModelError> {
         let c = &self.config;
-        if tokens.is_empty() {
+        if items.is_empty() {
             return Err(ModelError::Empty);
         }
-        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-            return Err(ModelError::BadToken {
-                id,
-                vocab: c.vocab_size,
-            });
+        for (index, item) in items.iter().enumerate() {
+            self.check(item).map_err(|source| ModelError::InBatch {
+                index,
+                source: Box::new(source),
+            })?;
         }
-        let (n, start) = (tokens.len(), cache.len);
-        if start + n > c.context_length {
-            return Err(ModelError::ContextFull {
-                needed: start + n,
-                max: c.context_length,
-            });
+        // Where each item's rows sit in the batch, and each row's position.
+        let mut offsets = Vec::with_capacity(items.len());
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut wanted = Vec::new();
+        for item in items.iter() {
+            let (n, start) = (item.tokens.len(), item.cache.len);
+            offsets.push(ids.len());
+            let first = item.logits.first_row(n);
+            wanted.extend((ids.len() + first..ids.len() + n).map(|r| r as i32));
+            ids.extend(item.tokens.iter().map(|&t| t as i32));
+            positions.extend((start..start + n).map(|p| p as i32));
         }
-        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        let ids = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [n]), &self.device);
-        let mut x = self.embedding.clone().select(0, ids);
-        let cos = self.rope_cos.clone().narrow(0, start, n);
-        let sin = self.rope_sin.clone().narrow(0, start, n);
+        let total = ids.len();
+        let int = |values: Vec<i32>| {
+            let len = values.len();
+            Tensor::<B, 1, Int>::from_data(TensorData::new(values, [len]), &self.device)
+        };
+        let positions = int(positions);
+        let mut x = self.embedding.clone().select(0, int(ids));
+        let cos = self.rope_cos.clone().select(0, positions.clone());
+        let sin = self.rope_sin.clone().select(0, positions);
 
         for (layer, block) in self.blocks.iter().enumerate() {
             let h = rms_norm(x.clone(), block.attn_norm.clone(), c.rms_eps);
@@ -365,7 +473,7 @@ impl<B: Backend> Llama<B> {
                 block
                     .wq
                     .forward(h.clone())
-                    .reshape([n, c.n_head, c.head_dim]),
+                    .reshape([total, c.n_head, c.head_dim]),
                 &cos,
                 &sin,
             );
@@ -373,33 +481,77 @@ impl<B: Backend> Llama<B> {
                 block
                     .wk
                     .forward(h.clone())
-                    .reshape([n, c.n_head_kv, c.head_dim]),
+                    .reshape([total, c.n_head_kv, c.head_dim]),
                 &cos,
                 &sin,
             );
-            let v = block.wv.forward(h).reshape([n, c.n_head_kv, c.head_dim]);
-            let (keys, values) = cache.write(
-                layer,
-                start,
-                k.swap_dims(0, 1),
-                v.swap_dims(0, 1),
-                c.context_length,
-            );
-            let attended = self.attention(q, &keys, &values, start);
-            x = x + block.wo.forward(attended);
+            let v = block
+                .wv
+                .forward(h)
+                .reshape([total, c.n_head_kv, c.head_dim]);
+            let mut attended = Vec::with_capacity(items.len());
+            for (item, &offset) in items.iter_mut().zip(&offsets) {
+                let (n, start) = (item.tokens.len(), item.cache.len);
+                let (keys, values) = item.cache.write(
+                    layer,
+                    start,
+                    k.clone().narrow(0, offset, n).swap_dims(0, 1),
+                    v.clone().narrow(0, offset, n).swap_dims(0, 1),
+                );
+                attended.push(self.attention(
+                    q.clone().narrow(0, offset, n),
+                    &keys,
+                    &values,
+                    start,
+                ));
+            }
+            x = x + block.wo.forward(Tensor::cat(attended, 0));
 
             let h = rms_norm(x.clone(), block.ffn_norm.clone(), c.rms_eps);
             let gate = silu(block.w_gate.forward(h.clone()));
             x = x + block.w_down.forward(gate * block.w_up.forward(h));
         }
-        cache.len = start + n;
-
-        let x = match which {
-            Logits::All => x,
-            Logits::Last => x.narrow(0, n - 1, 1),
+        for item in items.iter_mut() {
+            item.cache.len += item.tokens.len();
+        }
+        if wanted.is_empty() {
+            return Ok(None);
+        }
+        let x = if wanted.len() == total {
+            x
+        } else {
+            x.select(0, int(wanted))
         };
         let x = rms_norm(x, self.output_norm.clone(), c.rms_eps);
-        Ok(self.output.forward(x))
+        Ok(Some(self.output.forward(x)))
+    }
+
+    /// Whether `item` can run: tokens present and in the vocabulary, room in its cache.
+    fn check(&self, item: &BatchItem<'_, B>) -> Result<(), ModelError> {
+        let c = &self.config;
+        if item.tokens.is_empty() {
+            return Err(ModelError::Empty);
+        }
+        if let Some(&id) = item.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(ModelError::BadToken {
+                id,
+                vocab: c.vocab_size,
+            });
+        }
+        let needed = item.cache.len + item.tokens.len();
+        if needed > item.cache.limit {
+            return Err(ModelError::ContextFull {
+                needed,
+                max: item.cache.limit,
+            });
+        }
+        if item.cache.layers.len() != self.blocks.len() {
+            return Err(ModelError::CacheMismatch {
+                cache: item.cache.layers.len(),
+                model: self.blocks.len(),
+            });
+        }
+        Ok(())
     }
 
     /// Causal grouped-query attention, one new position at a time.
@@ -429,6 +581,11 @@ impl<B: Backend> Llama<B> {
         Tensor::cat(rows, 0)
     }
 
+    /// Bytes of key/value cache one position takes.
+    pub fn kv_bytes_per_position(&self) -> usize {
+        kv_bytes_per_position(&self.config)
+    }
+
     /// Reads `[n, v]` logits back to the host, one row per position.
     pub fn logits_to_rows(&self, logits: Tensor<B, 2>) -> Result<Vec<Vec<f32>>, ModelError> {
         let [_, v] = logits.dims();
@@ -438,6 +595,11 @@ impl<B: Backend> Llama<B> {
             .map_err(|e| ModelError::Readback(format!("{e:?}")))?;
         Ok(flat.chunks_exact(v).map(<[f32]>::to_vec).collect())
     }
+}
+
+/// Keys and values of every layer, f32.
+fn kv_bytes_per_position(c: &LlamaConfig) -> usize {
+    c.n_layer * 2 * c.n_head_kv * c.head_dim * std::mem::size_of::<f32>()
 }
 
 /// Dequantises tensor `name`, checking its GGUF dims.

@@ -8,7 +8,7 @@ mod common;
 
 use shared_model::backend::{Cpu, cpu_device};
 use shared_model::gguf::Gguf;
-use shared_model::model::{Llama, Logits};
+use shared_model::model::{BatchItem, Llama, Logits};
 use shared_model::tokenizer::{EncodeOptions, Tokenizer};
 
 fn setup() -> (Llama<Cpu>, Vec<u32>) {
@@ -136,4 +136,106 @@ fn sessions_with_their_own_caches_do_not_interfere() {
     }
     assert_eq!(bits(&ra), alone(a));
     assert_eq!(bits(&rb), alone(b));
+}
+
+/// Logits of every position of several sequences run side by side: step `s`
+/// feeds sequence `i` its next `sizes[i]` tokens (while it has any), all
+/// sequences in one batched pass.
+fn logits_batched(model: &Llama<Cpu>, seqs: &[&[u32]], sizes: &[usize]) -> Vec<Vec<Vec<f32>>> {
+    let mut caches: Vec<_> = seqs.iter().map(|_| model.new_cache()).collect();
+    let mut rows = vec![Vec::new(); seqs.len()];
+    let mut at = vec![0; seqs.len()];
+    loop {
+        let mut items = Vec::new();
+        let mut who = Vec::new();
+        for (i, cache) in caches.iter_mut().enumerate() {
+            if at[i] < seqs[i].len() {
+                let end = (at[i] + sizes[i]).min(seqs[i].len());
+                items.push(BatchItem {
+                    tokens: &seqs[i][at[i]..end],
+                    cache,
+                    logits: Logits::All,
+                });
+                who.push((i, end - at[i]));
+                at[i] = end;
+            }
+        }
+        if items.is_empty() {
+            return rows;
+        }
+        let logits = model.forward_batch(&mut items).unwrap().unwrap();
+        let mut all = model.logits_to_rows(logits).unwrap().into_iter();
+        for (i, n) in who {
+            rows[i].extend(all.by_ref().take(n));
+        }
+    }
+}
+
+#[test]
+fn logits_do_not_depend_on_the_other_sequences_in_a_pass() {
+    let (model, tokens) = setup();
+    // Four sequences of different lengths and contents.
+    let seqs: Vec<&[u32]> = vec![
+        &tokens[..30],
+        &tokens[5..12],
+        &tokens[10..41],
+        &tokens[2..20],
+    ];
+    let alone: Vec<_> = seqs
+        .iter()
+        .map(|s| bits(&logits_in_passes(&model, s, &[1])))
+        .collect();
+    // Decode-like steps beside prefill-like chunks, and all prompts at once.
+    for sizes in [[1, 1, 1, 1], [1, 8, 3, 2], [30, 7, 31, 18], [4, 1, 16, 5]] {
+        let batched = logits_batched(&model, &seqs, &sizes);
+        for (i, rows) in batched.iter().enumerate() {
+            assert_eq!(
+                bits(rows),
+                alone[i],
+                "sequence {i} with passes of {sizes:?} differs from running alone"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_bad_item_fails_the_batch_without_touching_any_cache() {
+    let (model, tokens) = setup();
+    let (mut a, mut b) = (model.new_cache(), model.new_cache_with_limit(4));
+    model.forward(&tokens[..3], &mut a, Logits::Last).unwrap();
+    let err = model
+        .forward_batch(&mut [
+            BatchItem {
+                tokens: &tokens[3..5],
+                cache: &mut a,
+                logits: Logits::All,
+            },
+            BatchItem {
+                tokens: &tokens[..5],
+                cache: &mut b,
+                logits: Logits::All,
+            },
+        ])
+        .unwrap_err();
+    assert!(err.to_string().contains("sequence 1"), "{err}");
+    assert_eq!((a.len(), b.len()), (3, 0));
+    // Only the rows asked for come back.
+    let rows = model
+        .forward_batch(&mut [
+            BatchItem {
+                tokens: &tokens[3..6],
+                cache: &mut a,
+                logits: Logits::From(1),
+            },
+            BatchItem {
+                tokens: &tokens[..4],
+                cache: &mut b,
+                logits: Logits::None,
+            },
+        ])
+        .unwrap()
+        .unwrap();
+    assert_eq!(rows.dims()[0], 2);
+    assert_eq!((a.len(), b.len()), (6, 4));
+    assert!(b.allocated_bytes() >= 4 * model.kv_bytes_per_position());
 }

@@ -50,8 +50,10 @@ fn logits_of_every_prompt_position_match_the_reference() {
         worst = worst.max((got - want).abs() - 5e-5);
     }
     println!("largest logit difference from the f32 reference: {worst}");
+    // Measured 3e-5 (f32 with a different summation order than numpy's);
+    // an error in any layer shows up far above this.
     assert!(
-        worst < 2e-2,
+        worst < 1e-4,
         "logits differ from the reference by up to {worst}"
     );
 }

@@ -131,12 +131,18 @@ mod tests {
 
     #[test]
     fn protocol_ids_carry_the_crate_version() {
+        let mut names = Vec::new();
         for p in ALL_PROTOCOLS {
             let (version, name) = parse_protocol_id(p.as_ref()).unwrap();
             assert_eq!(version, ProtocolVersion::CURRENT);
             assert_eq!(version.to_string(), PROTOCOL_VERSION);
-            assert!(!name.is_empty());
+            names.push(name.to_owned());
         }
+        // Every protocol once, under the name peers know it by.
+        assert_eq!(
+            names,
+            ["handshake", "verify", "claim", "metrics", "protocol-list"]
+        );
         assert_eq!(VERIFY_PROTOCOL.as_ref(), "/shard/1.0.0/verify");
     }
 

@@ -252,16 +252,35 @@ mod tests {
 
     #[test]
     fn a_signature_for_one_message_type_is_not_valid_for_another() {
-        // Same key, and the domains differ even if the bodies were to coincide.
-        assert_ne!(pb::WorkResult::DOMAIN, pb::ResultBroadcast::DOMAIN);
+        // Empty messages of both types have the same (empty) protobuf encoding,
+        // so only the signing domain tells them apart.
+        assert_eq!(
+            pb::WorkResult::default().encode_to_vec(),
+            pb::OracleCertificate::default().encode_to_vec()
+        );
         let key = Keypair::generate_ed25519();
-        let mut r = result(&[]);
+        let mut r = pb::WorkResult::default();
         r.sign(&key).unwrap();
+        r.verify_signature(&key.public()).unwrap();
         let cert = pb::OracleCertificate {
             signature: r.proof.clone(),
             ..Default::default()
         };
         assert!(cert.verify_signature(&key.public()).is_err());
+    }
+
+    #[test]
+    fn the_signed_bytes_are_domain_zero_and_the_unsigned_encoding() {
+        let mut r = result(&[1, 2]);
+        let unsigned = r.encode_to_vec();
+        r.sign(&Keypair::generate_ed25519()).unwrap();
+        let mut expected = b"shard/1/work-result\0".to_vec();
+        expected.extend(&unsigned);
+        assert_eq!(r.signing_bytes(), expected);
+        let cert = pb::OracleCertificate::default();
+        assert_eq!(cert.signing_bytes(), b"shard/1/oracle-certificate\0");
+        let broadcast = pb::ResultBroadcast::default();
+        assert_eq!(broadcast.signing_bytes(), b"shard/1/result-broadcast\0");
     }
 
     #[test]

@@ -310,6 +310,11 @@ impl Tokenizer {
         self.end_of_generation.contains(&id)
     }
 
+    /// The tokens generation stops at (end of text, end of turn).
+    pub fn end_of_generation_tokens(&self) -> Vec<u32> {
+        self.end_of_generation.clone()
+    }
+
     /// The id of the token whose text is exactly `text`.
     pub fn token_id(&self, text: &str) -> Option<u32> {
         self.ids.get(text).copied()

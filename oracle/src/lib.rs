@@ -1,0 +1,21 @@
+//! The Shard oracle: hosts the target model, verifies drafts, serves the
+//! OpenAI-compatible API, status, metrics and the web app.
+//!
+//! - [`scheduler`]: which sessions run in the next batched pass — a
+//!   deterministic core without I/O.
+//! - [`engine`]: the thread that owns the models and caches and carries out
+//!   the scheduler's decisions.
+//! - [`http`]: axum routes (`/v1`, `/health`, `/api/status`, `/metrics`, `/ws`, `/`).
+//! - [`chat`]: chat messages to a prompt with the model's Jinja template.
+//! - [`metrics`]: the Prometheus metrics.
+//! - [`serve`]: `oracle serve`'s configuration and startup.
+//! - [`cli`]: the command line (`tokenize`, `generate`, `bench`, `serve`).
+#![deny(missing_docs)]
+
+pub mod chat;
+pub mod cli;
+pub mod engine;
+pub mod http;
+pub mod metrics;
+pub mod scheduler;
+pub mod serve;
