@@ -283,7 +283,6 @@ struct Live {
     events: tokio::sync::mpsc::Sender<SessionEvent>,
     submitted: Instant,
     last_token: Option<Instant>,
-    params: SamplingParams,
 }
 
 struct Caches<B: Backend> {
@@ -377,7 +376,6 @@ impl<B: Backend> Engine<B> {
                 reply,
             } => {
                 let prompt_tokens = request.session.context().len();
-                let params = request.session.config().params;
                 let answer = self.scheduler.submit(id, *request);
                 if answer.is_ok() {
                     self.metrics.prompt_tokens.inc_by(prompt_tokens as u64);
@@ -387,7 +385,6 @@ impl<B: Backend> Engine<B> {
                             events,
                             submitted: Instant::now(),
                             last_token: None,
-                            params,
                         },
                     );
                 }
@@ -417,12 +414,14 @@ impl<B: Backend> Engine<B> {
     fn handle_output(&mut self, output: Output) {
         match output {
             Output::Started {
-                id, max_context, ..
+                id,
+                max_context,
+                params,
             } => {
-                let draft = self.draft.as_ref().map(|d| {
-                    let seed = self.sessions.get(&id).map_or(0, |s| s.params.seed);
-                    d.new_state(seed, max_context)
-                });
+                let draft = self
+                    .draft
+                    .as_ref()
+                    .map(|d| d.new_state(params.seed, max_context));
                 self.caches.insert(
                     id,
                     Caches {

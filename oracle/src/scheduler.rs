@@ -644,6 +644,51 @@ mod tests {
         }
     }
 
+    /// What `alone` outputs up to (not including) the first `stop` token.
+    fn alone_until(prompt: &[u32], n: usize, stop: u32) -> Vec<u32> {
+        alone(prompt, n)
+            .into_iter()
+            .take_while(|&t| t != stop)
+            .collect()
+    }
+
+    fn alone_until_stop(prompt: &[u32], n: usize) -> Vec<u32> {
+        alone_until(prompt, n, STOP)
+    }
+
+    fn drafting(k: usize, k_max: usize, deadline: Duration) -> SchedulerConfig {
+        SchedulerConfig {
+            drafts: Some(DraftPolicy { k, k_max, deadline }),
+            ..config()
+        }
+    }
+
+    /// Answers every draft request with `make(context, k)`; returns the ks asked.
+    fn answer_drafts(
+        s: &mut Scheduler,
+        h: &mut Harness,
+        now: Instant,
+        mut make: impl FnMut(&[u32], usize) -> Vec<u32>,
+    ) -> Vec<usize> {
+        h.drain(s);
+        s.request_drafts(now);
+        h.drain(s);
+        let mut ks = Vec::new();
+        for (id, round, context, k) in std::mem::take(&mut h.draft_requests) {
+            ks.push(k);
+            let tokens = make(&context, k);
+            s.drafts(
+                id,
+                round,
+                Draft {
+                    tokens,
+                    dists: Vec::new(),
+                },
+            );
+        }
+        ks
+    }
+
     fn config() -> SchedulerConfig {
         SchedulerConfig {
             max_sessions: 4,
@@ -732,8 +777,20 @@ mod tests {
         let prompts: Vec<Vec<u32>> = (0..6)
             .map(|i| (0..(3 + 7 * i)).map(|t| (t * i % 6) as u32).collect())
             .collect();
+        // Odd sessions stop at a token they do produce halfway (or before).
+        let stop = |i: usize| {
+            if i % 2 == 1 {
+                alone(&prompts[i], 10 + i)[(10 + i) / 2]
+            } else {
+                STOP
+            }
+        };
         for (i, p) in prompts.iter().enumerate() {
-            s.submit(i as u64, session(p.clone(), 10 + i)).unwrap();
+            let mut request = session(p.clone(), 10 + i);
+            let mut c = request.session.config().clone();
+            c.stop_tokens = vec![stop(i)];
+            request.session = Session::new(p.clone(), c).unwrap();
+            s.submit(i as u64, request).unwrap();
         }
         // Four run, two wait for a slot.
         assert_eq!(s.stats().active, 4);
@@ -741,20 +798,26 @@ mod tests {
         let now = Instant::now();
         while h.step(&mut s, now) {}
         assert!(s.is_idle());
+        let mut stopped_early = 0;
         for (i, p) in prompts.iter().enumerate() {
-            let expected = alone(p, 10 + i);
-            // Generation ends early at the stop token.
-            let cut = expected
-                .iter()
-                .position(|&t| t == STOP)
-                .unwrap_or(expected.len());
-            assert_eq!(h.tokens[&(i as u64)], expected[..cut], "session {i}");
-            let text: String = expected[..cut]
-                .iter()
-                .map(|&t| (b'a' + t as u8) as char)
-                .collect();
-            assert_eq!(h.text[&(i as u64)], text);
+            let expected = alone_until(p, 10 + i, stop(i));
+            stopped_early += usize::from(expected.len() < 10 + i);
+            let got = h.tokens.get(&(i as u64)).cloned().unwrap_or_default();
+            assert_eq!(got, expected, "session {i}");
+            let text: String = expected.iter().map(|&t| (b'a' + t as u8) as char).collect();
+            assert_eq!(h.text.get(&(i as u64)).cloned().unwrap_or_default(), text);
+            let reason = if expected.len() < 10 + i {
+                StopReason::EndOfGeneration
+            } else {
+                StopReason::MaxTokens
+            };
+            assert_eq!(
+                h.finished[&(i as u64)],
+                Finish::Stopped(reason),
+                "session {i}"
+            );
         }
+        assert_eq!(stopped_early, 3, "the odd sessions met their stop tokens");
         // Passes were shared: fewer passes than tokens generated in all.
         let generated: usize = h.tokens.values().map(Vec::len).sum();
         assert!(
@@ -788,15 +851,7 @@ mod tests {
                 .all(|p| p.items[1].feed.tokens.len() <= 16)
         );
         while h.step(&mut s, now) {}
-        let expected = alone(&long, 5);
-        let cut = expected
-            .iter()
-            .position(|&t| t == STOP)
-            .unwrap_or(expected.len());
-        assert_eq!(
-            h.tokens.get(&2).cloned().unwrap_or_default(),
-            expected[..cut]
-        );
+        assert_eq!(h.tokens[&2], alone_until_stop(&long, 5));
     }
 
     #[test]
@@ -853,12 +908,7 @@ mod tests {
 
     #[test]
     fn a_round_waits_for_drafts_until_the_deadline_then_decodes_alone() {
-        let mut c = config();
-        c.drafts = Some(DraftPolicy {
-            k: 3,
-            k_max: 6,
-            deadline: Duration::from_millis(50),
-        });
+        let c = drafting(3, 6, Duration::from_millis(50));
         let mut s = Scheduler::new(c, Arc::new(Letters));
         let mut h = Harness::default();
         let t0 = Instant::now();
@@ -887,78 +937,39 @@ mod tests {
         let mut now = t0 + Duration::from_millis(60);
         let mut ks = Vec::new();
         while !s.is_idle() {
-            h.drain(&mut s);
-            s.request_drafts(now);
-            h.drain(&mut s);
-            if let Some((id, round, context, k)) = h.draft_requests.pop() {
-                ks.push(k);
-                let mut c = context.clone();
-                let tokens = (0..k)
+            ks.extend(answer_drafts(&mut s, &mut h, now, |context, k| {
+                let mut c = context.to_vec();
+                (0..k)
                     .map(|_| {
                         let t = next_token(&c);
                         c.push(t);
                         t
                     })
-                    .collect();
-                s.drafts(
-                    id,
-                    round,
-                    Draft {
-                        tokens,
-                        dists: Vec::new(),
-                    },
-                );
-            }
+                    .collect()
+            }));
             h.step(&mut s, now);
             now += Duration::from_millis(1);
         }
-        let expected = alone(&prompt, 30);
-        let cut = expected
-            .iter()
-            .position(|&t| t == STOP)
-            .unwrap_or(expected.len());
-        assert_eq!(h.tokens[&1], expected[..cut]);
+        assert_eq!(h.tokens[&1], alone_until_stop(&prompt, 30));
         assert!(ks.iter().any(|&k| k > 3), "k grew with acceptance: {ks:?}");
     }
 
     #[test]
     fn wrong_drafts_never_change_the_output() {
-        let mut c = config();
-        c.drafts = Some(DraftPolicy {
-            k: 4,
-            k_max: 4,
-            deadline: Duration::from_secs(1),
-        });
-        let mut s = Scheduler::new(c, Arc::new(Letters));
+        let mut s = Scheduler::new(drafting(4, 4, Duration::from_secs(1)), Arc::new(Letters));
         let mut h = Harness::default();
         let now = Instant::now();
         let prompt = vec![4, 4, 2];
         s.submit(1, session(prompt.clone(), 25)).unwrap();
         let mut lie = 0u32;
         while !s.is_idle() {
-            h.drain(&mut s);
-            s.request_drafts(now);
-            h.drain(&mut s);
-            for (id, round, _, k) in h.draft_requests.drain(..) {
+            answer_drafts(&mut s, &mut h, now, |_, k| {
                 lie += 1;
-                let tokens = (0..k as u32).map(|i| (lie + i) % VOCAB as u32).collect();
-                s.drafts(
-                    id,
-                    round,
-                    Draft {
-                        tokens,
-                        dists: Vec::new(),
-                    },
-                );
-            }
+                (0..k as u32).map(|i| (lie + i) % VOCAB as u32).collect()
+            });
             h.step(&mut s, now);
         }
-        let expected = alone(&prompt, 25);
-        let cut = expected
-            .iter()
-            .position(|&t| t == STOP)
-            .unwrap_or(expected.len());
-        assert_eq!(h.tokens[&1], expected[..cut]);
+        assert_eq!(h.tokens[&1], alone_until_stop(&prompt, 25));
     }
 
     #[test]

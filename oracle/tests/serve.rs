@@ -694,3 +694,41 @@ async fn an_api_key_guards_the_api_but_not_health() {
     let (status, _) = json_of(app, get("/health")).await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_websocket_streams_engine_events() {
+    use futures::StreamExt;
+    let app = shared().app.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .unwrap();
+    // Requests keep coming until the feed has shown a whole session's life
+    // (the subscription starts a moment after the handshake).
+    let traffic = tokio::spawn(async {
+        loop {
+            let body = json!({"prompt": "Hello", "max_tokens": 3, "temperature": 0});
+            let (status, _) = json_of(&shared().app, post("/v1/completions", &body)).await;
+            assert_eq!(status, StatusCode::OK);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let mut seen = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !(seen.contains("session_started")
+        && seen.contains("session_progress")
+        && seen.contains("pass")
+        && seen.contains("session_finished"))
+    {
+        let message = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .expect("events within 30 s")
+            .unwrap()
+            .unwrap();
+        let event: Value = serde_json::from_str(message.to_text().unwrap()).unwrap();
+        seen.insert(event["type"].as_str().unwrap().to_owned());
+    }
+    traffic.abort();
+}

@@ -58,20 +58,7 @@ pub fn probabilities(logits: &[f32], params: &SamplingParams) -> Vec<f32> {
         probs[argmax(logits) as usize] = 1.0;
         return probs;
     }
-    // Candidates by descending logit, ties by index, NaNs dropped.
-    let mut order: Vec<u32> = (0..logits.len() as u32)
-        .filter(|&i| !logits[i as usize].is_nan())
-        .collect();
-    let by_logit = |a: &u32, b: &u32| {
-        logits[*b as usize]
-            .total_cmp(&logits[*a as usize])
-            .then(a.cmp(b))
-    };
-    if params.top_k > 0 && params.top_k < order.len() {
-        order.select_nth_unstable_by(params.top_k - 1, by_logit);
-        order.truncate(params.top_k);
-    }
-    order.sort_unstable_by(by_logit);
+    let order = most_likely(logits, (params.top_k > 0).then_some(params.top_k));
     if order.is_empty() {
         probs[0] = 1.0;
         return probs;
@@ -100,6 +87,28 @@ pub fn probabilities(logits: &[f32], params: &SamplingParams) -> Vec<f32> {
         probs[i as usize] = (w / kept_total) as f32;
     }
     probs
+}
+
+/// Token ids by descending logit (ties by id, NaNs dropped), only the `keep`
+/// most likely when given.
+pub fn most_likely(logits: &[f32], keep: Option<usize>) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..logits.len() as u32)
+        .filter(|&i| !logits[i as usize].is_nan())
+        .collect();
+    let by_logit = |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    };
+    if let Some(n) = keep.filter(|&n| n < order.len()) {
+        if n == 0 {
+            return Vec::new();
+        }
+        order.select_nth_unstable_by(n - 1, by_logit);
+        order.truncate(n);
+    }
+    order.sort_unstable_by(by_logit);
+    order
 }
 
 /// Draws an index from `probs` (which need not be normalised) with one uniform

@@ -18,7 +18,7 @@
 
 use thiserror::Error;
 
-use crate::sampling::{Rng, SamplingParams, argmax, probabilities};
+use crate::sampling::{Rng, SamplingParams, argmax, most_likely, probabilities};
 use crate::verify::{
     SparseDistribution, Verdict, verify_greedy, verify_sampled_match, verify_sampling,
 };
@@ -387,21 +387,7 @@ pub fn logprobs(logits: &[f32], token: u32, n: usize) -> (f32, Vec<TokenLogprob>
             .get(id as usize)
             .map_or(f32::NEG_INFINITY, |&x| (f64::from(x) - log_total) as f32)
     };
-    let mut order: Vec<u32> = (0..logits.len() as u32)
-        .filter(|&i| !logits[i as usize].is_nan())
-        .collect();
-    let by_logit = |a: &u32, b: &u32| {
-        logits[*b as usize]
-            .total_cmp(&logits[*a as usize])
-            .then(a.cmp(b))
-    };
-    let n = n.min(order.len());
-    if n > 0 && n < order.len() {
-        order.select_nth_unstable_by(n - 1, by_logit);
-    }
-    order.truncate(n);
-    order.sort_unstable_by(by_logit);
-    let top = order
+    let top = most_likely(logits, Some(n))
         .into_iter()
         .map(|t| TokenLogprob {
             token: t,
