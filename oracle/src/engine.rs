@@ -98,19 +98,6 @@ pub enum EngineEvent {
     },
 }
 
-impl Finish {
-    /// OpenAI's `finish_reason`-style name of an ending.
-    pub fn reason(&self) -> &'static str {
-        use shared_model::session::StopReason;
-        match self {
-            Finish::Stopped(StopReason::EndOfGeneration) | Finish::StopString => "stop",
-            Finish::Stopped(StopReason::MaxTokens | StopReason::ContextFull) => "length",
-            Finish::Cancelled => "cancelled",
-            Finish::Failed(_) => "failed",
-        }
-    }
-}
-
 /// Why a request did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {

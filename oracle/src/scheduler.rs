@@ -117,6 +117,18 @@ pub enum Finish {
     Failed(String),
 }
 
+impl Finish {
+    /// OpenAI's `finish_reason`-style name of an ending.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Finish::Stopped(StopReason::EndOfGeneration) | Finish::StopString => "stop",
+            Finish::Stopped(StopReason::MaxTokens | StopReason::ContextFull) => "length",
+            Finish::Cancelled => "cancelled",
+            Finish::Failed(_) => "failed",
+        }
+    }
+}
+
 /// What the scheduler asks of the engine, or reports.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {

@@ -151,6 +151,34 @@ async fn concurrent_greedy_requests_equal_generating_each_alone() {
         (i, max_tokens, v)
     });
     let answers = futures::future::join_all(requests).await;
+    // The binary itself, for a few of them: `oracle generate` runs the same
+    // library path that `generate_alone` does.
+    for i in [0usize, 2, 7] {
+        let max_tokens = (6 + (i * 7) % 20).to_string();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_oracle"))
+            .args([
+                "generate",
+                "--json",
+                "--prompt",
+                PROMPTS[i],
+                "--max-tokens",
+                &max_tokens,
+            ])
+            .arg("--model")
+            .arg(common::default_model())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let generated: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            answers[i].2["choices"][0]["text"], generated["text"],
+            "prompt {i}"
+        );
+    }
     for (i, max_tokens, v) in answers {
         let text = v["choices"][0]["text"].as_str().unwrap();
         let alone = generate_alone(PROMPTS[i], max_tokens, SamplingParams::GREEDY);

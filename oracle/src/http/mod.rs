@@ -113,7 +113,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Serves `router` on `addr` until `shutdown` completes, then lets open
+/// Serves `app` on `listener` until `shutdown` completes, then lets open
 /// requests finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
