@@ -242,10 +242,9 @@ pub(super) async fn completions(
         ));
     }
     let prompt = match req.prompt {
-        Prompt::Text(text) => state.tokenizer.encode(&text, EncodeOptions::PROMPT),
+        Prompt::Text(text) => tokenize(&state, text).await?,
         Prompt::Texts(mut texts) if texts.len() == 1 => {
-            let text = texts.pop().unwrap_or_default();
-            state.tokenizer.encode(&text, EncodeOptions::PROMPT)
+            tokenize(&state, texts.pop().unwrap_or_default()).await?
         }
         Prompt::Tokens(ids) => {
             let vocab = state.tokenizer.vocab_size();
@@ -271,6 +270,15 @@ pub(super) async fn completions(
         top,
     )
     .await
+}
+
+/// Tokenizes `text` as a prompt, off the async workers (a prompt may be up to
+/// the body limit long).
+async fn tokenize(state: &Arc<AppState>, text: String) -> Result<Vec<u32>, ApiError> {
+    let worker = state.clone();
+    tokio::task::spawn_blocking(move || worker.tokenizer.encode(&text, EncodeOptions::PROMPT))
+        .await
+        .map_err(|e| ApiError::internal(format!("tokenizing failed: {e}")))
 }
 
 fn one_prompt(given: usize) -> ApiError {
@@ -343,11 +351,17 @@ pub(super) async fn chat_completions(
             content,
         });
     }
-    let text = state
-        .chat
-        .render(&messages)
-        .map_err(|e| ApiError::invalid(e.to_string(), Some("messages")))?;
-    let prompt = state.tokenizer.encode(&text, EncodeOptions::PROMPT);
+    // Rendering and tokenizing a long conversation is CPU work: off the async workers.
+    let worker = state.clone();
+    let prompt = tokio::task::spawn_blocking(move || {
+        let text = worker
+            .chat
+            .render(&messages)
+            .map_err(|e| ApiError::invalid(e.to_string(), Some("messages")))?;
+        Ok::<_, ApiError>(worker.tokenizer.encode(&text, EncodeOptions::PROMPT))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("tokenizing failed: {e}")))??;
     if let Some(n) = req.top_logprobs.filter(|&n| n as usize > MAX_TOP_LOGPROBS) {
         return Err(ApiError::invalid(
             format!("`top_logprobs` must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"),
