@@ -257,9 +257,7 @@ fn generate<B: Backend>(args: GenerateArgs, device: &B::Device) -> anyhow::Resul
             let mut draft_gguf = open(path)?;
             let draft_tokenizer = load_tokenizer(&draft_gguf, path)?;
             ensure!(
-                (0..tokenizer.vocab_size() as u32)
-                    .all(|i| tokenizer.token_text(i) == draft_tokenizer.token_text(i))
-                    && tokenizer.vocab_size() == draft_tokenizer.vocab_size(),
+                tokenizer.same_vocabulary(&draft_tokenizer),
                 "the draft model {} does not share the target's vocabulary",
                 path.display()
             );

@@ -247,8 +247,6 @@ pub fn start<B: Backend>(
         events: events.clone(),
         shutdown_deadline: None,
         draft_requests: Vec::new(),
-        drafts_proposed: 0,
-        drafts_accepted: 0,
     };
     let flag = stopped.clone();
     std::thread::Builder::new()
@@ -288,8 +286,6 @@ struct Engine<B: Backend> {
     shutdown_deadline: Option<Instant>,
     /// Draft requests not answered yet: (session, round, context, k, params).
     draft_requests: Vec<(SessionId, u64, Vec<u32>, usize, SamplingParams)>,
-    drafts_proposed: u64,
-    drafts_accepted: u64,
 }
 
 impl<B: Backend> Engine<B> {
@@ -485,7 +481,6 @@ impl<B: Backend> Engine<B> {
             let drafted = tokens.iter().filter(|t| t.drafted).count();
             self.metrics.tokens_generated.inc_by(tokens.len() as u64);
             self.metrics.draft_tokens_accepted.inc_by(drafted as u64);
-            self.drafts_accepted += drafted as u64;
             let _ = self.events.send(EngineEvent::SessionProgress {
                 id,
                 tokens: tokens.len(),
@@ -566,16 +561,16 @@ impl<B: Backend> Engine<B> {
             }
         }
         let proposed: usize = pass.items.iter().map(|i| i.feed.drafts).sum();
-        self.drafts_proposed += proposed as u64;
         let m = &self.metrics;
         m.target_forward_passes.inc();
         m.pass_seconds.observe(seconds);
         m.batch_sessions.observe(pass.items.len() as f64);
         m.batch_tokens.observe(pass.tokens() as f64);
         m.draft_tokens_proposed.inc_by(proposed as u64);
-        if self.drafts_proposed > 0 {
+        let (accepted, proposed) = (m.draft_tokens_accepted.get(), m.draft_tokens_proposed.get());
+        if proposed > 0 {
             m.draft_acceptance_rate
-                .set(self.drafts_accepted as f64 / self.drafts_proposed as f64);
+                .set(accepted as f64 / proposed as f64);
         }
         let stats = self.scheduler.stats();
         tracing::trace!(

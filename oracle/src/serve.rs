@@ -333,9 +333,7 @@ pub fn build<B: Backend>(config: &ServeConfig, device: &B::Device) -> anyhow::Re
             let draft_tokenizer = Tokenizer::from_metadata(&draft_gguf.metadata)
                 .with_context(|| format!("no usable tokenizer in {}", path.display()))?;
             ensure!(
-                tokenizer.vocab_size() == draft_tokenizer.vocab_size()
-                    && (0..tokenizer.vocab_size() as u32)
-                        .all(|i| tokenizer.token_text(i) == draft_tokenizer.token_text(i)),
+                tokenizer.same_vocabulary(&draft_tokenizer),
                 "the draft model {} does not share the target's vocabulary",
                 path.display()
             );

@@ -4,6 +4,7 @@
 //! input and admission control.
 #![allow(clippy::unwrap_used)]
 
+#[path = "../../shared-model/tests/common/mod.rs"]
 mod common;
 
 use std::sync::OnceLock;

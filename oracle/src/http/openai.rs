@@ -235,12 +235,7 @@ pub(super) async fn completions(
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::unsupported("suffix", "no fill-in-the-middle"));
     }
-    if let Some(n) = req.logprobs.filter(|&n| n as usize > MAX_TOP_LOGPROBS) {
-        return Err(ApiError::invalid(
-            format!("`logprobs` must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"),
-            Some("logprobs"),
-        ));
-    }
+    check_alternatives(req.logprobs, "logprobs")?;
     let prompt = match req.prompt {
         Prompt::Text(text) => tokenize(&state, text).await?,
         Prompt::Texts(mut texts) if texts.len() == 1 => {
@@ -281,6 +276,17 @@ async fn tokenize(state: &Arc<AppState>, text: String) -> Result<Vec<u32>, ApiEr
         .map_err(|e| ApiError::internal(format!("tokenizing failed: {e}")))
 }
 
+/// How many alternatives per token may be asked for (`logprobs`, `top_logprobs`).
+fn check_alternatives(n: Option<u32>, param: &str) -> Result<(), ApiError> {
+    match n {
+        Some(n) if n as usize > MAX_TOP_LOGPROBS => Err(ApiError::invalid(
+            format!("`{param}` must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"),
+            Some(param),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn one_prompt(given: usize) -> ApiError {
     ApiError::unsupported(
         "prompt",
@@ -308,6 +314,7 @@ pub(super) async fn chat_completions(
     {
         return Err(ApiError::unsupported("response_format", "only plain text"));
     }
+    check_alternatives(req.top_logprobs, "top_logprobs")?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid(
             "`messages` must not be empty",
@@ -362,12 +369,6 @@ pub(super) async fn chat_completions(
     })
     .await
     .map_err(|e| ApiError::internal(format!("tokenizing failed: {e}")))??;
-    if let Some(n) = req.top_logprobs.filter(|&n| n as usize > MAX_TOP_LOGPROBS) {
-        return Err(ApiError::invalid(
-            format!("`top_logprobs` must be between 0 and {MAX_TOP_LOGPROBS}, got {n}"),
-            Some("top_logprobs"),
-        ));
-    }
     let top = match (req.logprobs, req.top_logprobs) {
         (Some(true), n) => Some(n.unwrap_or(0) as usize),
         (_, Some(_)) => {

@@ -310,6 +310,12 @@ impl Tokenizer {
         self.end_of_generation.contains(&id)
     }
 
+    /// Whether `other` has the same tokens under the same ids (a draft model
+    /// must, for its drafts to mean anything to the target).
+    pub fn same_vocabulary(&self, other: &Tokenizer) -> bool {
+        self.tokens == other.tokens
+    }
+
     /// The tokens generation stops at (end of text, end of turn).
     pub fn end_of_generation_tokens(&self) -> Vec<u32> {
         self.end_of_generation.clone()
