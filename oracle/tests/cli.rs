@@ -304,6 +304,15 @@ fn serve_refuses_bad_configuration_clearly() {
         ),
         (vec!["--max-sessions", "0"], "--max-sessions"),
         (vec!["--kv-cache-mib", "1"], "--kv-cache-mib"),
+        (vec!["--draft-model", m, "--draft-k", "99"], "--draft-k"),
+        (
+            vec!["--draft-model", "/nonexistent/draft.gguf"],
+            "/nonexistent/draft.gguf",
+        ),
+        (
+            vec!["--config", dir.to_str().unwrap()],
+            "cannot read the config file",
+        ),
         (vec!["--model=/nonexistent/model.gguf"], "scripts/setup.sh"),
     ] {
         let mut full = vec!["serve", "--http", "127.0.0.1:0"];

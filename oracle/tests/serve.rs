@@ -501,6 +501,39 @@ async fn bad_requests_get_openai_errors_and_the_server_stays_healthy() {
             None,
             Some("not_found"),
         ),
+        (
+            get("/v1/models/gpt-17"),
+            StatusCode::NOT_FOUND,
+            Some("model"),
+            Some("model_not_found"),
+        ),
+        (
+            post(
+                chat,
+                &json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}),
+            ),
+            StatusCode::BAD_REQUEST,
+            Some("messages[0].content[0]"),
+            Some("unsupported_parameter"),
+        ),
+        (
+            post("/v1/completions", &json!({"prompt": ["a", "b"]})),
+            StatusCode::BAD_REQUEST,
+            Some("prompt"),
+            Some("unsupported_parameter"),
+        ),
+        (
+            post("/v1/completions", &json!({"prompt": "x", "logprobs": 21})),
+            StatusCode::BAD_REQUEST,
+            Some("logprobs"),
+            None,
+        ),
+        (
+            post_raw(chat, "[1, 2]"),
+            StatusCode::BAD_REQUEST,
+            None,
+            None,
+        ),
     ];
     for (i, (request, status, param, code)) in cases.into_iter().enumerate() {
         let (got, v) = json_of(app, request).await;
