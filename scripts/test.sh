@@ -82,7 +82,7 @@ openai_sdk_test() {
     local oracle="${CARGO_TARGET_DIR:-target}/debug/oracle"
     local log
     log="$(mktemp)"
-    "$oracle" serve --model "$SHARD_MODELS_DIR/$DEFAULT_MODEL" --http 127.0.0.1:0 \
+    "$oracle" serve --model "$SHARD_MODELS_DIR/$DEFAULT_MODEL" --http 127.0.0.1:0 --p2p-listen /ip4/127.0.0.1/tcp/0 \
         --data-dir "$SHARD_CACHE/test-data" >"$log" 2>&1 &
     local pid=$!
     local addr=""
@@ -104,7 +104,7 @@ openai_sdk_test() {
 
 step "cargo test" cargo_tests
 step "OpenAI Python SDK against oracle serve" openai_sdk_test
-step "wasm32 build (shared-proto; shared-model on WebGPU)" scripts/wasm-cargo build --locked -p shared-proto -p shared-model --no-default-features --features shared-model/webgpu
+step "wasm32 build (shared-proto; shared-model and scout-wasm on WebGPU)" scripts/wasm-cargo build --locked -p shared-proto -p shared-model -p scout-wasm --no-default-features --features shared-model/webgpu
 step "CUDA backend compiles (runs where a GPU is)" cargo check --locked -p oracle --features cuda
 step "web app build (trunk, offline)" env TRUNK_OFFLINE=true trunk build --config trunk.toml
 step "fuzz target" fuzz_smoke

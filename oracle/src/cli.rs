@@ -60,6 +60,8 @@ enum Command {
     },
     /// Serve the model: the OpenAI-compatible API, status, metrics and the web app.
     Serve(Box<ServeArgs>),
+    /// Draft for an oracle over the network until SIGINT/SIGTERM.
+    Scout(crate::scout::ScoutArgs),
 }
 
 #[derive(clap::Args)]
@@ -176,6 +178,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = args.resolve()?;
             init_logging(config.log_format);
             with_backend!(config.backend, |device: B| serve::run::<B>(config, &device))
+        }
+        Command::Scout(args) => {
+            init_logging(serve::LogFormat::Text);
+            crate::scout::run(args)
         }
     }
 }

@@ -15,9 +15,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 
+use libp2p::PeerId;
 use serde::Serialize;
 use shared_model::backend::Backend;
-use shared_model::draft::{DraftJob, DraftModel, DraftState};
+use shared_model::draft::{Draft, DraftJob, DraftModel, DraftState};
 use shared_model::model::{BatchItem, KvCache, Llama, Logits};
 use shared_model::sampling::SamplingParams;
 use shared_model::session::{OutputToken, SessionStats};
@@ -83,6 +84,23 @@ pub enum EngineEvent {
         /// Drafts accepted.
         draft_tokens_accepted: usize,
     },
+    /// A scout took a session.
+    ScoutClaimed {
+        /// The session.
+        id: SessionId,
+        /// The scout's peer id.
+        scout: String,
+    },
+    /// A scout connected (handshake done).
+    ScoutJoined {
+        /// The scout's peer id.
+        scout: String,
+    },
+    /// A scout left; its sessions go on without it.
+    ScoutLeft {
+        /// The scout's peer id.
+        scout: String,
+    },
     /// One batched forward pass.
     Pass {
         /// Sessions in it.
@@ -120,6 +138,73 @@ enum Command {
     Shutdown {
         grace: Duration,
     },
+    Claim {
+        id: SessionId,
+        scout: PeerId,
+        work_cid: Vec<u8>,
+        reply: oneshot::Sender<Result<ClaimGrant, String>>,
+    },
+    RemoteDrafts {
+        id: SessionId,
+        round: u32,
+        tokens: Option<Vec<u32>>,
+    },
+    ScoutGone(PeerId),
+}
+
+/// What the engine asks of the network layer.
+#[derive(Debug, Clone)]
+pub enum ToNetwork {
+    /// Offer a session to scouts.
+    Announce {
+        /// The session.
+        id: SessionId,
+        /// Its work id for this announcement.
+        work_cid: Vec<u8>,
+        /// Tokens it may still generate.
+        max_tokens: usize,
+        /// How it samples.
+        params: SamplingParams,
+        /// Drafts per round to start with.
+        k: usize,
+    },
+    /// Ask the session's scout for a round of drafts.
+    Round {
+        /// The session.
+        id: SessionId,
+        /// Its scout.
+        scout: PeerId,
+        /// The work id the scout claimed.
+        work_cid: Vec<u8>,
+        /// The scout's round number (from 1).
+        round: u32,
+        /// Tokens added to the context since the scout's last round.
+        accepted: Vec<u32>,
+        /// Context length after them.
+        context_len: usize,
+        /// Drafts wanted.
+        k: usize,
+        /// How long the round waits.
+        deadline: Duration,
+    },
+    /// The session ended; forget its work ids.
+    Ended {
+        /// The session.
+        id: SessionId,
+    },
+}
+
+/// What a scout gets when its claim is granted.
+#[derive(Debug, Clone)]
+pub struct ClaimGrant {
+    /// Prompt and output so far.
+    pub context: Vec<u32>,
+    /// Where the output starts.
+    pub output_start: usize,
+    /// How the session samples.
+    pub params: SamplingParams,
+    /// Drafts per round to start with.
+    pub k: usize,
 }
 
 /// Sizes and policies of the engine.
@@ -127,6 +212,9 @@ enum Command {
 pub struct EngineConfig {
     /// The scheduler's limits.
     pub scheduler: SchedulerConfig,
+    /// The network layer, when the oracle runs one: sessions are offered to
+    /// scouts through it.
+    pub network: Option<tokio::sync::mpsc::Sender<ToNetwork>>,
 }
 
 /// The handle HTTP handlers use; cheap to clone.
@@ -214,6 +302,47 @@ impl EngineHandle {
     pub fn subscribe(&self) -> broadcast::Receiver<EngineEvent> {
         self.events.subscribe()
     }
+
+    /// Gives session `id` to `scout`; the answer says what the scout needs.
+    pub async fn claim(
+        &self,
+        id: SessionId,
+        scout: PeerId,
+        work_cid: Vec<u8>,
+    ) -> Result<ClaimGrant, String> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .try_send(Command::Claim {
+                id,
+                scout,
+                work_cid,
+                reply,
+            })
+            .map_err(|_| "the oracle is busy".to_owned())?;
+        answer
+            .await
+            .map_err(|_| "the oracle is shutting down".to_owned())?
+    }
+
+    /// A scout's drafts for its `round` of session `id` (`None`: the round
+    /// failed, decode without drafts).
+    pub fn remote_drafts(&self, id: SessionId, round: u32, tokens: Option<Vec<u32>>) {
+        let _ = self
+            .commands
+            .try_send(Command::RemoteDrafts { id, round, tokens });
+    }
+
+    /// A scout is gone: its sessions go on without it.
+    pub fn scout_gone(&self, scout: PeerId) {
+        let _ = self.commands.try_send(Command::ScoutGone(scout));
+    }
+
+    /// Reports a scout that joined, for `/ws` listeners.
+    pub fn scout_joined(&self, scout: PeerId) {
+        let _ = self.events.send(EngineEvent::ScoutJoined {
+            scout: scout.to_string(),
+        });
+    }
 }
 
 impl TokenText for Tokenizer {
@@ -231,10 +360,11 @@ pub fn start<B: Backend>(
     metrics: Arc<Metrics>,
 ) -> std::io::Result<EngineHandle> {
     let (commands, inbox) = mpsc::sync_channel(COMMAND_QUEUE);
+    let tokenizer_vocab = tokenizer.vocab_size();
     let (events, _) = broadcast::channel(1024);
     let stopped = Arc::new(AtomicBool::new(false));
     let mut scheduler_config = config.scheduler;
-    if draft.is_none() {
+    if draft.is_none() && config.network.is_none() {
         scheduler_config.drafts = None;
     }
     let mut engine = Engine {
@@ -247,6 +377,10 @@ pub fn start<B: Backend>(
         events: events.clone(),
         shutdown_deadline: None,
         draft_requests: Vec::new(),
+        network: config.network,
+        remote: HashMap::new(),
+        vocab_size: tokenizer_vocab,
+        announcements: 0,
     };
     let flag = stopped.clone();
     std::thread::Builder::new()
@@ -270,6 +404,19 @@ struct Live {
     last_token: Option<Instant>,
 }
 
+/// A session a scout drafts for.
+struct Remote {
+    scout: PeerId,
+    work_cid: Vec<u8>,
+    /// Context the scout has seen.
+    known_len: usize,
+    /// The scout's last round number.
+    round: u32,
+    /// The round in flight: the scout's number and the scheduler's.
+    pending: Option<(u32, u64)>,
+    sent_at: Instant,
+}
+
 struct Caches<B: Backend> {
     target: KvCache<B>,
     draft: Option<DraftState<B>>,
@@ -284,42 +431,30 @@ struct Engine<B: Backend> {
     metrics: Arc<Metrics>,
     events: broadcast::Sender<EngineEvent>,
     shutdown_deadline: Option<Instant>,
-    /// Draft requests not answered yet: (session, round, context, k, params).
-    draft_requests: Vec<(SessionId, u64, Vec<u32>, usize, SamplingParams)>,
+    /// Draft requests for the local draft model, not answered yet.
+    draft_requests: Vec<LocalRequest>,
+    network: Option<tokio::sync::mpsc::Sender<ToNetwork>>,
+    remote: HashMap<SessionId, Remote>,
+    vocab_size: usize,
+    announcements: u64,
+}
+
+struct LocalRequest {
+    id: SessionId,
+    round: u64,
+    context: Vec<u32>,
+    k: usize,
+    params: SamplingParams,
+    noise_seed: u64,
+    output_start: usize,
 }
 
 impl<B: Backend> Engine<B> {
     fn run(&mut self, inbox: &mpsc::Receiver<Command>) {
         tracing::info!("engine started");
         loop {
-            // Wait for something to do: a command, a draft deadline, or the
-            // shutdown grace running out. With sessions ready, do not wait.
-            let now = Instant::now();
-            let wake = [self.scheduler.poll_timeout(), self.shutdown_deadline]
-                .into_iter()
-                .flatten()
-                .min();
-            let busy = !self.scheduler.is_idle() && self.ready_soon();
-            let first = if busy {
-                inbox.try_recv().ok()
-            } else {
-                let wait =
-                    wake.map_or(Duration::from_secs(1), |w| w.saturating_duration_since(now));
-                match inbox.recv_timeout(wait) {
-                    Ok(command) => Some(command),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => {
-                        self.scheduler.cancel_all();
-                        self.handle_outputs();
-                        break;
-                    }
-                }
-            };
-            if let Some(command) = first {
+            while let Ok(command) = inbox.try_recv() {
                 self.command(command);
-                while let Ok(command) = inbox.try_recv() {
-                    self.command(command);
-                }
             }
             if self.shutdown_deadline.is_some_and(|d| Instant::now() >= d) {
                 self.scheduler.cancel_all();
@@ -328,26 +463,172 @@ impl<B: Backend> Engine<B> {
             if self.shutdown_deadline.is_some() && self.scheduler.is_idle() {
                 break;
             }
-            self.local_drafts();
-            if let Some(pass) = self.scheduler.next_pass(Instant::now()) {
-                self.handle_outputs();
-                self.run_pass(&pass);
-            }
+            // Ask for drafts (scouts, the local model, or none), then run
+            // whatever is ready.
+            self.scheduler.request_drafts(Instant::now());
             self.handle_outputs();
-            self.metrics
-                .sessions_active
-                .set(self.scheduler.stats().active as i64);
-            self.metrics
-                .queue_depth
-                .set(self.scheduler.stats().queued as i64);
+            self.local_drafts();
+            let pass = self.scheduler.next_pass(Instant::now());
+            self.handle_outputs();
+            if let Some(pass) = pass {
+                self.run_pass(&pass);
+                self.handle_outputs();
+                self.update_gauges();
+                continue;
+            }
+            self.update_gauges();
+            // Nothing ready: wait for a command, a draft deadline, or the end
+            // of the shutdown grace.
+            let now = Instant::now();
+            let wake = [self.scheduler.poll_timeout(), self.shutdown_deadline]
+                .into_iter()
+                .flatten()
+                .min();
+            let wait = wake.map_or(Duration::from_secs(1), |w| w.saturating_duration_since(now));
+            match inbox.recv_timeout(wait) {
+                Ok(command) => self.command(command),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.scheduler.cancel_all();
+                    self.handle_outputs();
+                    break;
+                }
+            }
         }
         tracing::info!("engine stopped");
     }
 
-    /// Whether a pass can run without waiting (no session waits on drafts
-    /// from elsewhere, or the local drafter answers at once).
-    fn ready_soon(&self) -> bool {
-        self.scheduler.poll_timeout().is_none() || self.draft.is_some()
+    fn update_gauges(&self) {
+        let stats = self.scheduler.stats();
+        self.metrics.sessions_active.set(stats.active as i64);
+        self.metrics.queue_depth.set(stats.queued as i64);
+    }
+
+    /// Offers session `id` to scouts under a fresh work id.
+    fn announce(&mut self, id: SessionId) {
+        let Some(network) = &self.network else {
+            return;
+        };
+        let Some(session) = self.scheduler.session(id) else {
+            return;
+        };
+        self.announcements += 1;
+        // Unique per announcement: a re-announced session is new work to the
+        // scouts' replay windows.
+        let mut seed = Vec::with_capacity(32);
+        seed.extend_from_slice(&id.to_le_bytes());
+        seed.extend_from_slice(&self.announcements.to_le_bytes());
+        seed.extend_from_slice(
+            &std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+                .to_le_bytes(),
+        );
+        let work_cid = shared_proto::ContentId::digest(&seed).to_bytes();
+        let c = session.config();
+        let max_tokens = c
+            .max_new_tokens
+            .saturating_sub(session.stats().generated_tokens);
+        let _ = network.try_send(ToNetwork::Announce {
+            id,
+            work_cid,
+            max_tokens,
+            params: c.params,
+            k: self.scheduler.draft_k(id).unwrap_or(1),
+        });
+    }
+
+    /// A scout asks for session `id`.
+    fn claim(
+        &mut self,
+        id: SessionId,
+        scout: PeerId,
+        work_cid: Vec<u8>,
+    ) -> Result<ClaimGrant, String> {
+        if self.remote.contains_key(&id) {
+            return Err("the session has a scout already".into());
+        }
+        let session = self
+            .scheduler
+            .session(id)
+            .ok_or_else(|| "the session is over".to_owned())?;
+        let grant = ClaimGrant {
+            context: session.context().to_vec(),
+            output_start: session.output_start(),
+            params: session.config().params,
+            k: self.scheduler.draft_k(id).unwrap_or(1),
+        };
+        self.remote.insert(
+            id,
+            Remote {
+                scout,
+                work_cid,
+                known_len: grant.context.len(),
+                round: 0,
+                pending: None,
+                sent_at: Instant::now(),
+            },
+        );
+        self.metrics.scout_claims.inc();
+        let _ = self.events.send(EngineEvent::ScoutClaimed {
+            id,
+            scout: scout.to_string(),
+        });
+        Ok(grant)
+    }
+
+    fn remote_drafts(&mut self, id: SessionId, round: u32, tokens: Option<Vec<u32>>) {
+        let Some(remote) = self.remote.get_mut(&id) else {
+            return;
+        };
+        let Some((pending, scheduler_round)) = remote.pending else {
+            return;
+        };
+        if pending != round {
+            return;
+        }
+        remote.pending = None;
+        let latency = remote.sent_at.elapsed().as_secs_f64();
+        let scout = remote.scout.to_string();
+        let vocab = self.vocab_size;
+        let tokens = tokens
+            .filter(|t| t.iter().all(|&x| (x as usize) < vocab))
+            .unwrap_or_default();
+        let n = tokens.len();
+        let taken = self.scheduler.drafts(
+            id,
+            scheduler_round,
+            Draft {
+                tokens,
+                dists: Vec::new(),
+            },
+        );
+        if taken {
+            self.metrics.round_latency.observe(latency);
+            self.metrics.scout_drafts(&scout, n as u64, 0);
+        }
+    }
+
+    fn scout_gone(&mut self, scout: PeerId) {
+        let ids: Vec<SessionId> = self
+            .remote
+            .iter()
+            .filter(|(_, r)| r.scout == scout)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            if let Some(remote) = self.remote.remove(id)
+                && let Some((_, round)) = remote.pending
+            {
+                // Decode this round without drafts, now.
+                self.scheduler.drafts(*id, round, Draft::default());
+            }
+            self.announce(*id);
+        }
+        let _ = self.events.send(EngineEvent::ScoutLeft {
+            scout: scout.to_string(),
+        });
+        tracing::info!(%scout, sessions = ids.len(), "scout gone; its sessions go on");
     }
 
     fn command(&mut self, command: Command) {
@@ -377,6 +658,19 @@ impl<B: Backend> Engine<B> {
                 }
             }
             Command::Cancel(id) => self.scheduler.cancel(id),
+            Command::Claim {
+                id,
+                scout,
+                work_cid,
+                reply,
+            } => {
+                let answer = self.claim(id, scout, work_cid);
+                if reply.send(answer).is_err() {
+                    self.remote.remove(&id);
+                }
+            }
+            Command::RemoteDrafts { id, round, tokens } => self.remote_drafts(id, round, tokens),
+            Command::ScoutGone(scout) => self.scout_gone(scout),
             Command::Shutdown { grace } => {
                 tracing::info!(
                     grace_s = grace.as_secs_f64(),
@@ -401,10 +695,8 @@ impl<B: Backend> Engine<B> {
                 max_context,
                 params,
             } => {
-                let draft = self
-                    .draft
-                    .as_ref()
-                    .map(|d| d.new_state(params.seed, max_context));
+                let _ = params;
+                let draft = self.draft.as_ref().map(|d| d.new_state(max_context));
                 self.caches.insert(
                     id,
                     Caches {
@@ -413,20 +705,36 @@ impl<B: Backend> Engine<B> {
                     },
                 );
                 let _ = self.events.send(EngineEvent::SessionStarted { id });
+                self.announce(id);
             }
-            // Remote scouts will take these too; today the local draft model
-            // answers them before the next pass.
             Output::DraftRequest {
                 id,
                 round,
                 context,
                 k,
                 params,
-                ..
-            } => self.draft_requests.push((id, round, context, k, params)),
+                noise_seed,
+                output_start,
+                deadline,
+            } => self.route_draft_request(
+                LocalRequest {
+                    id,
+                    round,
+                    context,
+                    k,
+                    params,
+                    noise_seed,
+                    output_start,
+                },
+                deadline,
+            ),
             Output::Delta { id, tokens, text } => self.deliver(id, tokens, text),
             Output::Finished { id, finish, stats } => {
                 self.caches.remove(&id);
+                self.remote.remove(&id);
+                if let Some(network) = &self.network {
+                    let _ = network.try_send(ToNetwork::Ended { id });
+                }
                 let reason = finish.reason();
                 self.metrics
                     .sessions_finished
@@ -479,6 +787,10 @@ impl<B: Backend> Engine<B> {
             }
             live.last_token = Some(now);
             let drafted = tokens.iter().filter(|t| t.drafted).count();
+            if let Some(remote) = self.remote.get(&id) {
+                self.metrics
+                    .scout_drafts(&remote.scout.to_string(), 0, drafted as u64);
+            }
             self.metrics.tokens_generated.inc_by(tokens.len() as u64);
             self.metrics.draft_tokens_accepted.inc_by(drafted as u64);
             let _ = self.events.send(EngineEvent::SessionProgress {
@@ -500,20 +812,64 @@ impl<B: Backend> Engine<B> {
         }
     }
 
-    /// Answers every waiting draft request with the local draft model, all
-    /// sessions in batched passes.
-    fn local_drafts(&mut self) {
-        if self.draft.is_none() {
-            return;
+    /// Sends a round to the session's scout, queues it for the local draft
+    /// model, or, with neither, lets the round run at once without drafts.
+    fn route_draft_request(&mut self, request: LocalRequest, deadline: Instant) {
+        // A scout that let its last round pass unanswered loses the session:
+        // one missed deadline per failure, not one per round.
+        if self
+            .remote
+            .get(&request.id)
+            .is_some_and(|r| r.pending.is_some())
+        {
+            if let Some(r) = self.remote.remove(&request.id) {
+                tracing::info!(session = request.id, scout = %r.scout, "scout missed its round: released");
+            }
+            self.announce(request.id);
         }
-        self.scheduler.request_drafts(Instant::now());
-        self.handle_outputs();
+        if let Some(remote) = self.remote.get_mut(&request.id)
+            && let Some(network) = &self.network
+        {
+            remote.round += 1;
+            let accepted = request.context[remote.known_len.min(request.context.len())..].to_vec();
+            let sent = network.try_send(ToNetwork::Round {
+                id: request.id,
+                scout: remote.scout,
+                work_cid: remote.work_cid.clone(),
+                round: remote.round,
+                accepted,
+                context_len: request.context.len(),
+                k: request.k,
+                deadline: deadline.saturating_duration_since(Instant::now()),
+            });
+            if sent.is_ok() {
+                remote.known_len = request.context.len();
+                remote.pending = Some((remote.round, request.round));
+                remote.sent_at = Instant::now();
+                return;
+            }
+        }
+        if self.draft.is_some() {
+            self.draft_requests.push(request);
+        } else {
+            self.scheduler
+                .drafts(request.id, request.round, Draft::default());
+        }
+    }
+
+    /// Answers every waiting local draft request with the local draft model,
+    /// all sessions in batched passes.
+    fn local_drafts(&mut self) {
         let requests = std::mem::take(&mut self.draft_requests);
         // Take each session's draft state out of its cache entry for the batch.
         let mut taken = Vec::with_capacity(requests.len());
-        for (id, round, context, k, params) in requests {
-            if let Some(state) = self.caches.get_mut(&id).and_then(|c| c.draft.take()) {
-                taken.push((id, round, context, k, params, state));
+        for request in requests {
+            if let Some(state) = self
+                .caches
+                .get_mut(&request.id)
+                .and_then(|c| c.draft.take())
+            {
+                taken.push((request, state));
             }
         }
         if taken.is_empty() {
@@ -525,11 +881,13 @@ impl<B: Backend> Engine<B> {
         let result = {
             let mut jobs: Vec<DraftJob<'_, B>> = taken
                 .iter_mut()
-                .map(|(_, _, context, k, params, state)| DraftJob {
+                .map(|(r, state)| DraftJob {
                     state,
-                    context,
-                    k: *k,
-                    params: *params,
+                    context: &r.context,
+                    k: r.k,
+                    params: r.params,
+                    noise_seed: r.noise_seed,
+                    output_start: r.output_start,
                 })
                 .collect();
             draft.draft(&mut jobs)
@@ -539,11 +897,11 @@ impl<B: Backend> Engine<B> {
             tracing::warn!(error = %e, "local draft failed; decoding without drafts");
             vec![Default::default(); taken.len()]
         });
-        for ((id, round, _, _, _, state), draft) in taken.into_iter().zip(drafts) {
-            if let Some(c) = self.caches.get_mut(&id) {
+        for ((r, state), draft) in taken.into_iter().zip(drafts) {
+            if let Some(c) = self.caches.get_mut(&r.id) {
                 c.draft = Some(state);
             }
-            self.scheduler.drafts(id, round, draft);
+            self.scheduler.drafts(r.id, r.round, draft);
         }
     }
 

@@ -8,8 +8,11 @@
 //! - [`http`]: axum routes (`/v1`, `/health`, `/api/status`, `/metrics`, `/ws`, `/`).
 //! - [`chat`]: chat messages to a prompt with the model's Jinja template.
 //! - [`metrics`]: the Prometheus metrics.
+//! - [`p2p`]: the libp2p node — transports, handshake, gossip, scouts claiming
+//!   work and drafting rounds.
 //! - [`serve`]: `oracle serve`'s configuration and startup.
-//! - [`cli`]: the command line (`tokenize`, `generate`, `bench`, `serve`).
+//! - [`scout`]: `oracle scout`, a desktop scout (the logic is `scout-wasm`'s).
+//! - [`cli`]: the command line (`tokenize`, `generate`, `bench`, `serve`, `scout`).
 #![deny(missing_docs)]
 
 pub mod chat;
@@ -17,5 +20,7 @@ pub mod cli;
 pub mod engine;
 pub mod http;
 pub mod metrics;
+pub mod p2p;
 pub mod scheduler;
+pub mod scout;
 pub mod serve;

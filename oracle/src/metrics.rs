@@ -30,6 +30,13 @@ pub struct FinishLabels {
     pub reason: String,
 }
 
+/// Labels of a scout's counters.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScoutLabels {
+    /// The scout's peer id.
+    pub scout: String,
+}
+
 /// Every metric the oracle exports.
 pub struct Metrics {
     registry: Registry,
@@ -63,6 +70,18 @@ pub struct Metrics {
     pub token_latency: Histogram,
     /// Seconds per forward pass.
     pub pass_seconds: Histogram,
+    /// Scouts connected (handshake done).
+    pub scouts_connected: Gauge,
+    /// Sessions claimed by scouts.
+    pub scout_claims: Counter,
+    /// Drafted tokens each scout proposed (in time for its round).
+    pub scout_drafts_proposed: Family<ScoutLabels, Counter>,
+    /// Drafted tokens of each scout the target accepted.
+    pub scout_drafts_accepted: Family<ScoutLabels, Counter>,
+    /// Seconds from sending a round to a scout to its drafts arriving.
+    pub round_latency: Histogram,
+    /// Peers banned.
+    pub bans: Counter,
 }
 
 impl Default for Metrics {
@@ -92,6 +111,12 @@ impl Metrics {
             time_to_first_token: latency(),
             token_latency: latency(),
             pass_seconds: latency(),
+            scouts_connected: Gauge::default(),
+            scout_claims: Counter::default(),
+            scout_drafts_proposed: Family::default(),
+            scout_drafts_accepted: Family::default(),
+            round_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            bans: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -169,7 +194,50 @@ impl Metrics {
             "Seconds per batched forward pass",
             m.pass_seconds.clone(),
         );
+        registry.register(
+            "shard_scouts_connected",
+            "Scouts connected with a completed handshake",
+            m.scouts_connected.clone(),
+        );
+        registry.register(
+            "shard_scout_claims",
+            "Sessions claimed by scouts",
+            m.scout_claims.clone(),
+        );
+        registry.register(
+            "shard_scout_draft_tokens_proposed",
+            "Drafted tokens a scout proposed in time for its round",
+            m.scout_drafts_proposed.clone(),
+        );
+        registry.register(
+            "shard_scout_draft_tokens_accepted",
+            "Drafted tokens of a scout the target accepted",
+            m.scout_drafts_accepted.clone(),
+        );
+        registry.register(
+            "shard_scout_round_latency_seconds",
+            "Seconds from a round sent to a scout to its drafts",
+            m.round_latency.clone(),
+        );
+        registry.register("shard_bans", "Peers banned", m.bans.clone());
         Metrics { registry, ..m }
+    }
+
+    /// Counts drafts a scout proposed and had accepted.
+    pub fn scout_drafts(&self, scout: &str, proposed: u64, accepted: u64) {
+        let labels = ScoutLabels {
+            scout: scout.to_owned(),
+        };
+        if proposed > 0 {
+            self.scout_drafts_proposed
+                .get_or_create(&labels)
+                .inc_by(proposed);
+        }
+        if accepted > 0 {
+            self.scout_drafts_accepted
+                .get_or_create(&labels)
+                .inc_by(accepted);
+        }
     }
 
     /// The text exposition format.

@@ -153,6 +153,10 @@ pub enum Output {
         k: usize,
         /// How the session samples.
         params: SamplingParams,
+        /// Seed of the noise to draft with ([`shared_model::draft::DraftJob::noise_seed`]).
+        noise_seed: u64,
+        /// Where the output starts in `context`.
+        output_start: usize,
         /// After this the round runs without drafts.
         deadline: Instant,
     },
@@ -346,14 +350,26 @@ impl Scheduler {
     }
 
     /// Drafts for `round` of session `id`. Drafts for another round, or for a
-    /// session that is gone, are dropped.
-    pub fn drafts(&mut self, id: SessionId, round: u64, draft: Draft) {
+    /// session that is gone, are dropped; returns whether they were taken.
+    pub fn drafts(&mut self, id: SessionId, round: u64, draft: Draft) -> bool {
         if let Some(entry) = self.active.get_mut(&id)
             && entry.round == round
             && matches!(entry.draft, DraftState::Waiting { .. })
         {
             entry.draft = DraftState::Ready(draft);
+            return true;
         }
+        false
+    }
+
+    /// A running session.
+    pub fn session(&self, id: SessionId) -> Option<&Session> {
+        self.active.get(&id).map(|e| &e.session)
+    }
+
+    /// The `k` a running session asks for now.
+    pub fn draft_k(&self, id: SessionId) -> Option<usize> {
+        self.active.get(&id).map(|e| e.k)
     }
 
     /// The next output, if any. Call until `None` after every other call.
@@ -524,6 +540,12 @@ impl Scheduler {
                 context: entry.session.context().to_vec(),
                 k,
                 params: entry.session.config().params,
+                noise_seed: entry
+                    .session
+                    .config()
+                    .verifier
+                    .draft_noise_seed(entry.session.config().params.seed),
+                output_start: entry.session.output_start(),
                 deadline,
             });
         }

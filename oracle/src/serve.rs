@@ -16,9 +16,10 @@ use shared_model::model::Llama;
 use shared_model::tokenizer::Tokenizer;
 
 use crate::chat::ChatTemplate;
-use crate::engine::{self, EngineConfig};
+use crate::engine::{self, EngineConfig, ToNetwork};
 use crate::http::{self, AppState, HttpConfig, ModelInfo};
 use crate::metrics::Metrics;
+use crate::p2p::{self, NetConfig};
 use crate::scheduler::{DraftPolicy, SchedulerConfig};
 
 /// The model `scripts/setup.sh` fetches, looked for in `$SHARD_MODELS_DIR` (default `models/`).
@@ -113,6 +114,24 @@ pub struct ServeArgs {
     /// Largest request body, bytes [default: 1048576].
     #[arg(long)]
     pub max_body_bytes: Option<usize>,
+    /// A libp2p address to listen on; repeatable [default: TCP 9000, QUIC 9000,
+    /// WebRTC-direct 9001, WebSocket 9001 on all interfaces].
+    #[arg(long = "p2p-listen")]
+    pub p2p_listen: Vec<String>,
+    /// A peer to join the network through (`.../p2p/<peer id>`); repeatable.
+    #[arg(long)]
+    pub bootstrap: Vec<String>,
+    /// Discover peers on the local network with mDNS.
+    #[arg(long)]
+    #[serde(default)]
+    pub mdns: bool,
+    /// Run without the p2p node (no scouts, HTTP only).
+    #[arg(long)]
+    #[serde(default)]
+    pub no_p2p: bool,
+    /// The draft model scouts must hold [default: --draft-model, else the target].
+    #[arg(long)]
+    pub scout_model: Option<PathBuf>,
 }
 
 /// Settings with every default filled in.
@@ -156,6 +175,38 @@ pub struct ServeConfig {
     pub cors_origins: Vec<String>,
     /// Body limit.
     pub max_body_bytes: usize,
+    /// The p2p node, unless switched off.
+    pub p2p: Option<P2pConfig>,
+}
+
+/// The p2p node's settings.
+#[derive(Debug, Clone)]
+pub struct P2pConfig {
+    /// Listen addresses.
+    pub listen: Vec<libp2p::Multiaddr>,
+    /// Bootstrap peers.
+    pub bootstrap: Vec<libp2p::Multiaddr>,
+    /// mDNS on.
+    pub mdns: bool,
+    /// The draft model file scouts must hold.
+    pub scout_model: PathBuf,
+}
+
+/// Where the p2p node listens unless told otherwise.
+pub const DEFAULT_P2P_LISTEN: [&str; 4] = [
+    "/ip4/0.0.0.0/tcp/9000",
+    "/ip4/0.0.0.0/udp/9000/quic-v1",
+    "/ip4/0.0.0.0/udp/9001/webrtc-direct",
+    "/ip4/0.0.0.0/tcp/9001/ws",
+];
+
+fn multiaddrs(list: &[String], what: &str) -> anyhow::Result<Vec<libp2p::Multiaddr>> {
+    list.iter()
+        .map(|s| {
+            s.parse()
+                .with_context(|| format!("{what} `{s}` is not a multiaddr"))
+        })
+        .collect()
 }
 
 impl ServeArgs {
@@ -177,6 +228,33 @@ impl ServeArgs {
             None => default_model_path(),
         };
         let draft_path = a.draft_model.or(file.draft_model);
+        let p2p = if a.no_p2p || file.no_p2p {
+            None
+        } else {
+            let listen = if !a.p2p_listen.is_empty() {
+                a.p2p_listen.clone()
+            } else if !file.p2p_listen.is_empty() {
+                file.p2p_listen.clone()
+            } else {
+                DEFAULT_P2P_LISTEN.iter().map(|s| s.to_string()).collect()
+            };
+            let bootstrap = if a.bootstrap.is_empty() {
+                file.bootstrap.clone()
+            } else {
+                a.bootstrap.clone()
+            };
+            Some(P2pConfig {
+                listen: multiaddrs(&listen, "--p2p-listen")?,
+                bootstrap: multiaddrs(&bootstrap, "--bootstrap")?,
+                mdns: a.mdns || file.mdns,
+                scout_model: a
+                    .scout_model
+                    .clone()
+                    .or(file.scout_model.clone())
+                    .or(draft_path.clone())
+                    .unwrap_or_else(|| model.clone()),
+            })
+        };
         let draft_layers = a.draft_layers.or(file.draft_layers);
         let cors = if a.cors_origins.is_empty() {
             file.cors_origins
@@ -222,6 +300,7 @@ impl ServeArgs {
                 cors
             },
             max_body_bytes: a.max_body_bytes.or(file.max_body_bytes).unwrap_or(1 << 20),
+            p2p,
         };
         config.check()?;
         Ok(config)
@@ -265,7 +344,8 @@ pub fn default_model_path() -> PathBuf {
         .join(DEFAULT_MODEL)
 }
 
-fn default_data_dir() -> PathBuf {
+/// `$XDG_DATA_HOME/shard`, else `~/.local/share/shard`.
+pub fn default_data_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
         return PathBuf::from(dir).join("shard");
     }
@@ -295,6 +375,8 @@ pub struct Server {
     pub app: axum::Router,
     /// Shared state (engine handle, metrics).
     pub state: Arc<AppState>,
+    /// The engine's requests to the p2p node, for [`start_network`].
+    pub to_network: Option<tokio::sync::mpsc::Receiver<ToNetwork>>,
 }
 
 /// Loads the models and starts the engine: everything but the socket.
@@ -393,11 +475,18 @@ pub fn build<B: Backend>(config: &ServeConfig, device: &B::Device) -> anyhow::Re
             deadline: config.draft_deadline,
         }),
     };
+    let (network, to_network) = match &config.p2p {
+        Some(_) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(1024);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
     let engine = engine::start(
         target,
         draft,
         tokenizer.clone(),
-        EngineConfig { scheduler },
+        EngineConfig { scheduler, network },
         metrics.clone(),
     )
     .context("cannot start the engine thread")?;
@@ -416,11 +505,40 @@ pub fn build<B: Backend>(config: &ServeConfig, device: &B::Device) -> anyhow::Re
             max_queue: config.max_queue,
         },
         started: Instant::now(),
+        network: p2p::NetView::default(),
     });
     Ok(Server {
         app: http::router(state.clone()),
         state,
+        to_network,
     })
+}
+
+/// Starts the p2p node of `server` (on the current tokio runtime).
+pub fn start_network(config: &ServeConfig, server: &mut Server) -> anyhow::Result<()> {
+    let (Some(p2p), Some(to_network)) = (&config.p2p, server.to_network.take()) else {
+        return Ok(());
+    };
+    let scout_model_cid = scout_wasm::native::model_cid_of_file(&p2p.scout_model)
+        .with_context(|| format!("cannot read the scout model {}", p2p.scout_model.display()))?;
+    let net = NetConfig {
+        listen: p2p.listen.clone(),
+        bootstrap: p2p.bootstrap.clone(),
+        mdns: p2p.mdns,
+        timeouts: Default::default(),
+        data_dir: config.data_dir.clone(),
+        max_connections: 1024,
+        scout_model_cid,
+        work_ttl_s: 60,
+    };
+    p2p::start(
+        net,
+        server.state.engine.clone(),
+        to_network,
+        server.state.metrics.clone(),
+        server.state.network.clone(),
+    )?;
+    Ok(())
 }
 
 /// Runs the server until SIGINT/SIGTERM.
@@ -438,13 +556,14 @@ pub fn run<B: Backend>(config: ServeConfig, device: &B::Device) -> anyhow::Resul
              this port can use the model. Set --api-key or SHARD_API_KEY."
         );
     }
-    let server = build::<B>(&config, device)?;
+    let mut server = build::<B>(&config, device)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("shard-http")
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        start_network(&config, &mut server)?;
         let listener = tokio::net::TcpListener::bind(config.http)
             .await
             .with_context(|| format!("cannot listen on {}", config.http))?;
@@ -470,7 +589,8 @@ pub fn run<B: Backend>(config: ServeConfig, device: &B::Device) -> anyhow::Resul
     })
 }
 
-async fn shutdown_signal() {
+/// Resolves at SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;

@@ -252,6 +252,8 @@ fn serve_listens_answers_and_stops_gracefully_on_sigterm() {
             model().to_str().unwrap(),
             "--http",
             "127.0.0.1:0",
+            "--p2p-listen",
+            "/ip4/127.0.0.1/tcp/0",
         ])
         .args([
             "--config",

@@ -1,7 +1,22 @@
-//! The scout.
+//! The scout: drafts tokens with a small model for an oracle, which verifies
+//! them.
 //!
-//! This crate will hold the scout's round logic (claim work, keep a draft KV cache
-//! in step with the oracle's accepted tokens, draft k tokens per round, sign and
-//! return them), written independent of the transport so native tests can run many
-//! scouts, and a thin browser layer: wasm-bindgen exports, the WebRTC/WebSocket
-//! libp2p transports and the WebGPU device.
+//! The scout's logic is independent of where it runs, so the same code drafts
+//! in a browser tab and, natively, on a desktop or in tests that run many:
+//!
+//! - [`round`]: sessions claimed from oracles and the answer to each round
+//!   (drafted tokens, signed), with no I/O;
+//! - [`net`]: the libp2p pieces every Shard node shares (timeouts, protocols,
+//!   gossipsub with validation, handshake rules) — the oracle uses them too;
+//! - [`behaviour`]: the scout's libp2p behaviour;
+//! - [`wire`]: sampling settings across the wire;
+//! - `native` (not on wasm32): the desktop runtime with TCP, QUIC, WebSocket
+//!   and WebRTC-direct, run by `oracle scout`.
+#![deny(missing_docs)]
+
+pub mod behaviour;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod native;
+pub mod net;
+pub mod round;
+pub mod wire;

@@ -22,13 +22,12 @@ pub struct Draft {
     pub dists: Vec<SparseDistribution>,
 }
 
-/// One sequence's drafting state: the draft model's cache and random stream.
+/// One sequence's drafting state: the draft model's cache.
 #[derive(Debug, Clone)]
 pub struct DraftState<D: Backend> {
     cache: KvCache<D>,
     /// The tokens `cache` holds.
     fed: Vec<u32>,
-    rng: Rng,
 }
 
 /// One sequence's request for drafts.
@@ -42,6 +41,12 @@ pub struct DraftJob<'a, D: Backend> {
     pub k: usize,
     /// How the sequence samples (greedy drafts the argmax).
     pub params: SamplingParams,
+    /// Seed of the sampling noise: the token drafted for output position `n`
+    /// is drawn with the `n`-th number of this seed's stream
+    /// ([`Rng::at`]). See [`crate::session::SamplingVerifier::draft_noise_seed`].
+    pub noise_seed: u64,
+    /// Where the output starts in `context` (the prompt's length).
+    pub output_start: usize,
 }
 
 /// A draft model shared by any number of sequences.
@@ -61,13 +66,11 @@ impl<D: Backend> DraftModel<D> {
         &self.model
     }
 
-    /// A fresh state for a sequence sampled with `seed`. The draft's random
-    /// stream is its own, distinct from (and never disturbing) the target's.
-    pub fn new_state(&self, seed: u64, limit: usize) -> DraftState<D> {
+    /// A fresh state for a sequence of at most `limit` positions.
+    pub fn new_state(&self, limit: usize) -> DraftState<D> {
         DraftState {
             cache: self.model.new_cache_with_limit(limit),
             fed: Vec::new(),
-            rng: Rng::new(seed ^ 0xd1b5_4a32_d192_ed03),
         }
     }
 
@@ -130,7 +133,9 @@ impl<D: Backend> DraftModel<D> {
                     argmax(&row)
                 } else {
                     let q = probabilities(&row, &job.params);
-                    let token = sample(&q, &mut job.state.rng);
+                    let position = job.context.len() + drafts[i].tokens.len();
+                    let index = position.saturating_sub(job.output_start) as u64;
+                    let token = sample(&q, &mut Rng::at(job.noise_seed, index));
                     drafts[i].dists.push(SparseDistribution::from_dense(&q));
                     token
                 };

@@ -70,7 +70,7 @@ impl<'a, B: Backend, D: Backend> Generator<'a, B, D> {
     pub fn with_draft(mut self, draft: &'a DraftModel<D>, k: usize) -> Self {
         let c = self.session.config();
         self.draft = Some(LocalDraft {
-            state: draft.new_state(c.params.seed, c.max_context),
+            state: draft.new_state(c.max_context),
             model: draft,
             k,
         });
@@ -107,6 +107,12 @@ impl<'a, B: Backend, D: Backend> Generator<'a, B, D> {
                     context: self.session.context(),
                     k,
                     params: self.session.config().params,
+                    noise_seed: self
+                        .session
+                        .config()
+                        .verifier
+                        .draft_noise_seed(self.session.config().params.seed),
+                    output_start: self.session.output_start(),
                 }];
                 // A draft that fails costs this round its drafts, nothing more.
                 if let Ok(mut out) = d.model.draft(&mut jobs) {

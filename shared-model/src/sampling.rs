@@ -131,6 +131,9 @@ pub fn sample(probs: &[f32], rng: &mut Rng) -> u32 {
     last_positive as u32
 }
 
+/// SplitMix64's increment (2^64 / φ, odd).
+const GOLDEN_GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+
 /// A small, fast, seeded generator (SplitMix64): the same stream on every
 /// platform, which is what makes seeded runs reproducible.
 #[derive(Debug, Clone)]
@@ -144,9 +147,22 @@ impl Rng {
         Rng { state: seed }
     }
 
+    /// The generator seeded with `seed` after `index` draws, in constant time.
+    ///
+    /// SplitMix64 is a counter hashed: the `n`-th draw depends only on the seed
+    /// and `n`. So the noise for output position `n` can be handed to another
+    /// machine (a scout drafting with the target's own noise) without sending
+    /// the stream, and `Rng::at(seed, n).uniform()` is what `Rng::new(seed)`
+    /// gives at its `n`-th (0-based) draw.
+    pub fn at(seed: u64, index: u64) -> Self {
+        Rng {
+            state: seed.wrapping_add(index.wrapping_mul(GOLDEN_GAMMA)),
+        }
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        self.state = self.state.wrapping_add(GOLDEN_GAMMA);
         let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -209,6 +225,16 @@ mod tests {
         let mut r = Rng::new(1);
         let mean = (0..100_000).map(|_| r.uniform()).sum::<f64>() / 100_000.0;
         assert!((mean - 0.5).abs() < 0.005, "{mean}");
+    }
+
+    #[test]
+    fn the_rng_can_start_at_any_draw() {
+        let mut r = Rng::new(42);
+        let stream: Vec<u64> = (0..10).map(|_| r.next_u64()).collect();
+        for (n, &x) in stream.iter().enumerate() {
+            assert_eq!(Rng::at(42, n as u64).next_u64(), x, "draw {n}");
+        }
+        assert_ne!(Rng::at(43, 3).next_u64(), stream[3]);
     }
 
     #[test]

@@ -36,6 +36,23 @@ pub enum SamplingVerifier {
     Speculative,
 }
 
+impl SamplingVerifier {
+    /// The seed a drafter should draw its noise from for a session sampled
+    /// with `seed` (see [`crate::draft::DraftJob::noise_seed`]).
+    ///
+    /// [`SamplingVerifier::MatchTarget`] accepts a draft only where it equals
+    /// the target's own sample, so drafting with the target's noise makes an
+    /// honest drafter agree as often as the two distributions allow.
+    /// [`SamplingVerifier::Speculative`] needs drafts drawn independently of
+    /// its acceptance test: the drafter gets a stream of its own.
+    pub fn draft_noise_seed(self, seed: u64) -> u64 {
+        match self {
+            SamplingVerifier::MatchTarget => seed,
+            SamplingVerifier::Speculative => seed ^ 0xd1b5_4a32_d192_ed03,
+        }
+    }
+}
+
 /// Most alternatives a session reports per token ([`SessionConfig::top_logprobs`]).
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
@@ -212,6 +229,12 @@ impl Session {
         })
     }
 
+    /// Where the output starts in [`Session::context`]: the prompt's length.
+    /// Output token `n` sits at position `output_start() + n`.
+    pub fn output_start(&self) -> usize {
+        self.stats.prompt_tokens
+    }
+
     /// The settings it was made with.
     pub fn config(&self) -> &SessionConfig {
         &self.config
@@ -365,7 +388,12 @@ impl Session {
             .map(|r| probabilities(r.as_ref(), params))
             .collect();
         match self.config.verifier {
-            SamplingVerifier::MatchTarget => verify_sampled_match(drafts, &probs, &mut self.rng),
+            SamplingVerifier::MatchTarget => {
+                // Output position n always draws the seed's n-th number, so a
+                // drafter told the seed can sample with the very same noise.
+                let mut noise = Rng::at(params.seed, self.stats.generated_tokens as u64);
+                verify_sampled_match(drafts, &probs, &mut noise)
+            }
             SamplingVerifier::Speculative => verify_sampling(drafts, dists, &probs, &mut self.rng),
         }
     }

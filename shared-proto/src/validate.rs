@@ -406,12 +406,27 @@ impl Validate for pb::HandshakeMessage {
         nested(
             "oracle_certificate",
             self.oracle_certificate.as_ref(),
-            is_oracle,
+            false,
         )?;
         if !is_oracle && self.oracle_certificate.is_some() {
             return Err(ValidationError::new(
                 "oracle_certificate",
                 Violation::Inconsistent("only oracles carry a certificate"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Validate for pb::HandshakeReply {
+    fn validate(&self) -> Checked {
+        nested("ack", self.ack.as_ref(), true)?;
+        let ok = self.ack.as_ref().is_some_and(|a| a.ok);
+        nested("handshake", self.handshake.as_ref(), ok)?;
+        if !ok && self.handshake.is_some() {
+            return Err(ValidationError::new(
+                "handshake",
+                Violation::Inconsistent("a refusal carries no handshake"),
             ));
         }
         Ok(())
@@ -536,6 +551,12 @@ impl Validate for pb::ClaimResponse {
             )?;
             draft_k("draft_k", self.draft_k)?;
             nested("sampling", self.sampling.as_ref(), false)?;
+            int_range(
+                "output_start",
+                i64::from(self.output_start),
+                1,
+                self.context_tokens.len() as i64,
+            )?;
         }
         Ok(())
     }

@@ -36,6 +36,7 @@ macro_rules! wire_messages {
 
 wire_messages! {
     HandshakeMessage => CONTROL_MAX_LEN,
+    HandshakeReply => CONTROL_MAX_LEN,
     ProtocolListRequest => CONTROL_MAX_LEN,
     ProtocolList => CONTROL_MAX_LEN,
     MetricsRequest => CONTROL_MAX_LEN,

@@ -208,6 +208,7 @@ fn every_message_round_trips() {
         context_tokens: (0..5000).collect(),
         draft_k: 4,
         sampling: Some(sampling()),
+        output_start: 1,
     });
     round_trip(work_result(&scout, &[1, 2, 3, 4]));
     round_trip(pb::GoldenTicket {
@@ -384,6 +385,7 @@ fn oversized_messages_are_rejected_per_type() {
         context_tokens: vec![70_000; 3_000],
         draft_k: 2,
         sampling: None,
+        output_start: 3_000,
     };
     let framed = frame::encode(&claim).unwrap();
     assert!(framed.len() > 8 * 1024);
@@ -478,11 +480,30 @@ fn validation_names_the_offending_field() {
     let mut h = handshake();
     h.protocol_version = "one".into();
     assert_eq!(violation_of(&h).0, "protocol_version");
+    // An oracle without a certificate may handshake (it serves scouts that
+    // dial it); only its results on gossip are refused.
     let mut h = handshake();
     h.oracle_certificate = None;
+    assert!(h.validate().is_ok());
+    let refusal = pb::HandshakeReply {
+        ack: Some(pb::Ack {
+            ok: false,
+            detail: "version".into(),
+            errors: vec![],
+        }),
+        handshake: Some(handshake()),
+    };
+    assert_eq!(violation_of(&refusal).0, "handshake");
+    let empty_yes = pb::HandshakeReply {
+        ack: Some(pb::Ack {
+            ok: true,
+            ..Default::default()
+        }),
+        handshake: None,
+    };
     assert_eq!(
-        violation_of(&h),
-        ("oracle_certificate".into(), Violation::Missing)
+        violation_of(&empty_yes),
+        ("handshake".into(), Violation::Missing)
     );
     let mut h = handshake();
     h.node_type = 99;

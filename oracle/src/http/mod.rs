@@ -81,6 +81,8 @@ pub struct AppState {
     pub config: HttpConfig,
     /// When the server started.
     pub started: Instant,
+    /// The p2p node as it is now (empty without one).
+    pub network: crate::p2p::NetView,
 }
 
 /// The whole HTTP application.
@@ -91,6 +93,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/api/status", get(status))
+        .route("/api/peers", get(peers))
         .route("/ws", get(events))
         .route("/v1/{*rest}", any(openai::not_found))
         .layer(middleware::from_fn_with_state(
@@ -228,8 +231,23 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
         "target_forward_passes": m.target_forward_passes.get(),
         "draft_tokens_proposed": m.draft_tokens_proposed.get(),
         "draft_tokens_accepted": m.draft_tokens_accepted.get(),
+        "scouts_connected": m.scouts_connected.get(),
+        "p2p": state.network.read().ok().map(|n| json!({
+            "peer_id": n.peer_id,
+            "listen_addrs": n.listen_addrs,
+            "peers": n.peers.len(),
+        })),
     }))
     .into_response()
+}
+
+async fn peers(State(state): State<Arc<AppState>>) -> Response {
+    let peers = state
+        .network
+        .read()
+        .map(|n| n.peers.clone())
+        .unwrap_or_default();
+    axum::Json(json!({ "peers": peers })).into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

@@ -1,0 +1,867 @@
+//! The event loop around the oracle's swarm.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, Transport, identify, kad, mdns, noise, ping, tcp};
+use scout_wasm::net::{self, Backoff, NetTimeouts, PingPolicy};
+use scout_wasm::wire::params_to_wire;
+use serde::Serialize;
+use shared_proto::protocol::{
+    CLAIM_PROTOCOL, HANDSHAKE_PROTOCOL, TOPOLOGY_TOPIC, VERIFY_PROTOCOL, WORK_RESULT_TOPIC,
+    WORK_TOPIC,
+};
+use shared_proto::{PublicKey, ReplayWindow, Signed, Validate, check_fresh, frame, pb};
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+use super::behaviour::{OracleBehaviour, OracleBehaviourEvent};
+use super::identity::{self, IdentityError};
+use crate::engine::{ClaimGrant, EngineHandle, ToNetwork};
+use crate::metrics::Metrics;
+use crate::scheduler::SessionId;
+
+/// The network's settings.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Addresses to listen on (TCP, QUIC, `/webrtc-direct`, `/ws`).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join the network through, each ending in `/p2p/<peer id>`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Discover peers on the LAN with mDNS.
+    pub mdns: bool,
+    /// Every timeout and stream limit.
+    pub timeouts: NetTimeouts,
+    /// Where the key and certificate live.
+    pub data_dir: PathBuf,
+    /// Connections at once.
+    pub max_connections: u32,
+    /// Content id of the draft model scouts must hold.
+    pub scout_model_cid: Vec<u8>,
+    /// Seconds a work announcement stays valid.
+    pub work_ttl_s: u32,
+}
+
+/// A peer as `/api/peers` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerView {
+    /// Its peer id.
+    pub peer_id: String,
+    /// `oracle`, `scout`, `leech`, or `unknown` before its handshake.
+    pub role: &'static str,
+    /// The address of its connection.
+    pub address: String,
+    /// Its agent string from identify.
+    pub agent: Option<String>,
+}
+
+/// What the node looks like now.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NetStatus {
+    /// Our peer id.
+    pub peer_id: String,
+    /// Every address we listen on, each ending in `/p2p/<peer id>`; the
+    /// webrtc-direct one carries its `/certhash`.
+    pub listen_addrs: Vec<String>,
+    /// Connected peers.
+    pub peers: Vec<PeerView>,
+}
+
+/// A shared, read-mostly snapshot of the node.
+pub type NetView = Arc<RwLock<NetStatus>>;
+
+/// Why the node did not start.
+#[derive(Debug, Error)]
+pub enum NetError {
+    /// The key or certificate could not be loaded.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The swarm could not be built.
+    #[error("cannot build the libp2p node: {0}")]
+    Build(String),
+    /// An address cannot be listened on.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        reason: String,
+    },
+    /// A bootstrap address has no peer id.
+    #[error("bootstrap address {0} does not end in /p2p/<peer id>")]
+    Bootstrap(Multiaddr),
+}
+
+/// Starts the node on the current tokio runtime.
+pub fn start(
+    config: NetConfig,
+    engine: EngineHandle,
+    from_engine: mpsc::Receiver<ToNetwork>,
+    metrics: Arc<Metrics>,
+    view: NetView,
+) -> Result<tokio::task::JoinHandle<()>, NetError> {
+    scout_wasm::native::install_crypto_provider();
+    let key = identity::load_or_create_key(&config.data_dir)?;
+    let cert = identity::load_or_create_certificate(&config.data_dir)?;
+    let mut swarm = build_swarm(&key, cert, &config)?;
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+    }
+    let mut bootstrap = Vec::new();
+    for addr in &config.bootstrap {
+        match addr.iter().last() {
+            Some(Protocol::P2p(peer)) => {
+                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                bootstrap.push((peer, addr.clone()));
+            }
+            _ => return Err(NetError::Bootstrap(addr.clone())),
+        }
+    }
+    for topic in [WORK_TOPIC, WORK_RESULT_TOPIC, TOPOLOGY_TOPIC] {
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&IdentTopic::new(topic))
+            .map_err(|e| NetError::Build(e.to_string()))?;
+    }
+    let peer_id = key.public().to_peer_id();
+    if let Ok(mut v) = view.write() {
+        v.peer_id = peer_id.to_string();
+    }
+    tracing::info!(%peer_id, "p2p node started");
+    let backoff = Backoff::new(config.timeouts.retry_min, config.timeouts.retry_max);
+    let node = Node {
+        key,
+        peer_id,
+        swarm,
+        config,
+        engine,
+        metrics,
+        view,
+        peers: HashMap::new(),
+        refused: HashSet::new(),
+        work: HashMap::new(),
+        rounds: HashMap::new(),
+        replay: ReplayWindow::new(16_384),
+        ping: PingPolicy::default(),
+        listen_addrs: Vec::new(),
+        bootstrap,
+        bootstrap_backoff: backoff,
+        next_bootstrap: Some(Instant::now()),
+        next_topology: Instant::now() + Duration::from_secs(2),
+        claims_done: mpsc::channel(256),
+    };
+    Ok(tokio::spawn(node.run(from_engine)))
+}
+
+fn build_swarm(
+    key: &libp2p::identity::Keypair,
+    cert: libp2p_webrtc::tokio::Certificate,
+    config: &NetConfig,
+) -> Result<Swarm<OracleBehaviour>, NetError> {
+    let err = |e: &dyn std::fmt::Display| NetError::Build(e.to_string());
+    let t = config.timeouts.clone();
+    let (t1, t2) = (t.clone(), t.clone());
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            move || net::yamux(&t1),
+        )
+        .map_err(|e| err(&e))?
+        .with_quic()
+        .with_other_transport(|key| {
+            Ok(libp2p_webrtc::tokio::Transport::new(key.clone(), cert)
+                .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn))))
+        })
+        .map_err(|e| err(&e))?
+        .with_dns()
+        .map_err(|e| err(&e))?;
+    let swarm = futures::executor::block_on(
+        swarm.with_websocket(noise::Config::new, move || net::yamux(&t2)),
+    )
+    .map_err(|e| err(&e))?
+    .with_behaviour(|key| {
+        OracleBehaviour::new(key, &t, config.max_connections, config.mdns).map_err(Into::into)
+    })
+    .map_err(|e| err(&e))?
+    .with_swarm_config(|c| c.with_idle_connection_timeout(t.idle_connection))
+    .build();
+    Ok(swarm)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+struct Peer {
+    role: Option<pb::NodeType>,
+    key: Option<PublicKey>,
+    models: Vec<Vec<u8>>,
+    address: Multiaddr,
+    agent: Option<String>,
+    connected_at: Instant,
+}
+
+struct Work {
+    id: SessionId,
+    expires: Instant,
+}
+
+struct Round {
+    id: SessionId,
+    scout: PeerId,
+    work_cid: Vec<u8>,
+    round: u32,
+    k: usize,
+}
+
+type ClaimDone = (ResponseChannel<pb::ClaimResponse>, pb::ClaimResponse);
+
+struct Node {
+    key: libp2p::identity::Keypair,
+    peer_id: PeerId,
+    swarm: Swarm<OracleBehaviour>,
+    config: NetConfig,
+    engine: EngineHandle,
+    metrics: Arc<Metrics>,
+    view: NetView,
+    peers: HashMap<PeerId, Peer>,
+    /// Peers whose handshake was refused: closed once the refusal is sent.
+    refused: HashSet<PeerId>,
+    /// Announced work by work id.
+    work: HashMap<Vec<u8>, Work>,
+    rounds: HashMap<OutboundRequestId, Round>,
+    replay: ReplayWindow<Vec<u8>>,
+    ping: PingPolicy,
+    listen_addrs: Vec<Multiaddr>,
+    bootstrap: Vec<(PeerId, Multiaddr)>,
+    bootstrap_backoff: Backoff,
+    next_bootstrap: Option<Instant>,
+    next_topology: Instant,
+    claims_done: (mpsc::Sender<ClaimDone>, mpsc::Receiver<ClaimDone>),
+}
+
+impl Node {
+    async fn run(mut self, mut from_engine: mpsc::Receiver<ToNetwork>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.event(event),
+                request = from_engine.recv() => match request {
+                    Some(request) => self.engine_request(request),
+                    None => break,
+                },
+                Some((channel, response)) = self.claims_done.1.recv() => {
+                    let _ = self.swarm.behaviour_mut().claim.send_response(channel, response);
+                }
+                _ = tick.tick() => self.tick(),
+            }
+        }
+        tracing::info!("p2p node stopped");
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        // Peers that never finished a handshake are closed.
+        let late: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.role.is_none() && now - p.connected_at > self.config.timeouts.handshake
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in late {
+            tracing::info!(%peer, "no handshake in time: closing");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        self.work.retain(|_, w| w.expires > now);
+        if self.next_bootstrap.is_some_and(|at| at <= now) {
+            self.next_bootstrap = None;
+            if !self.bootstrap.is_empty() {
+                for (_, addr) in &self.bootstrap {
+                    let _ = self.swarm.dial(addr.clone());
+                }
+                match self.swarm.behaviour_mut().kad.bootstrap() {
+                    Ok(_) => tracing::debug!("kademlia bootstrap started"),
+                    Err(e) => {
+                        let delay = self.bootstrap_backoff.next_delay();
+                        tracing::warn!(error = %e, retry_in_s = delay.as_secs(), "bootstrap failed");
+                        self.next_bootstrap = Some(now + delay);
+                    }
+                }
+            }
+        }
+        if now >= self.next_topology {
+            self.next_topology = now + self.config.timeouts.topology_interval;
+            self.publish_topology();
+        }
+    }
+
+    fn publish_topology(&mut self) {
+        let me = pb::NodeInfo {
+            peer_id: self.peer_id.to_bytes(),
+            node_type: pb::NodeType::Oracle as i32,
+            supported_protocols: [HANDSHAKE_PROTOCOL, CLAIM_PROTOCOL, VERIFY_PROTOCOL]
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+            hardware_info: Some(net::local_hardware()),
+            model_cids: vec![self.config.scout_model_cid.clone()],
+        };
+        let mut nodes = vec![me];
+        for (id, peer) in self.peers.iter().take(1000) {
+            if let Some(role) = peer.role {
+                nodes.push(pb::NodeInfo {
+                    peer_id: id.to_bytes(),
+                    node_type: role as i32,
+                    supported_protocols: Vec::new(),
+                    hardware_info: None,
+                    model_cids: peer.models.iter().take(16).cloned().collect(),
+                });
+            }
+        }
+        let message = pb::TopologyMessage {
+            nodes,
+            timestamp: (now_ms() / 1000) as u32,
+            listen_addrs: self
+                .listen_addrs
+                .iter()
+                .map(|a| pb::AddressInfo {
+                    peer_id: self.peer_id.to_bytes(),
+                    multiaddr: a.to_string(),
+                })
+                .collect(),
+        };
+        self.publish(TOPOLOGY_TOPIC, &message);
+    }
+
+    fn publish<T: shared_proto::WireMessage>(&mut self, topic: &str, message: &T) {
+        match frame::encode(message) {
+            Ok(bytes) => {
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(IdentTopic::new(topic), bytes)
+                {
+                    // No subscriber yet is the common case; not an error.
+                    tracing::trace!(topic, error = %e, "not published");
+                }
+            }
+            Err(e) => tracing::warn!(topic, error = %e, "cannot encode a gossip message"),
+        }
+    }
+
+    fn update_view(&self) {
+        let scouts = self
+            .peers
+            .values()
+            .filter(|p| p.role == Some(pb::NodeType::Scout))
+            .count();
+        self.metrics.scouts_connected.set(scouts as i64);
+        if let Ok(mut v) = self.view.write() {
+            v.listen_addrs = self.listen_addrs.iter().map(|a| a.to_string()).collect();
+            v.peers = self
+                .peers
+                .iter()
+                .map(|(id, p)| PeerView {
+                    peer_id: id.to_string(),
+                    role: match p.role {
+                        Some(pb::NodeType::Oracle) => "oracle",
+                        Some(pb::NodeType::Scout) => "scout",
+                        Some(pb::NodeType::Leech) => "leech",
+                        _ => "unknown",
+                    },
+                    address: p.address.to_string(),
+                    agent: p.agent.clone(),
+                })
+                .collect();
+            v.peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        }
+    }
+
+    fn engine_request(&mut self, request: ToNetwork) {
+        match request {
+            ToNetwork::Announce {
+                id,
+                work_cid,
+                max_tokens,
+                params,
+                k,
+            } => {
+                let ttl = self.config.work_ttl_s;
+                self.work.insert(
+                    work_cid.clone(),
+                    Work {
+                        id,
+                        expires: Instant::now() + Duration::from_secs(u64::from(ttl)),
+                    },
+                );
+                let message = pb::GossipWorkMessage {
+                    assignment: Some(pb::WorkAssignment {
+                        prompt_cid: work_cid,
+                        max_tokens: i32::try_from(max_tokens)
+                            .unwrap_or(i32::MAX)
+                            .clamp(1, shared_proto::limits::MAX_NEW_TOKENS),
+                        priority: 5,
+                        model_cid: self.config.scout_model_cid.clone(),
+                        timeout_ms: i64::from(ttl) * 1000,
+                        node_type: pb::NodeType::Scout as i32,
+                        draft_k: k.clamp(1, 16) as u32,
+                        sampling: Some(params_to_wire(&params)),
+                    }),
+                    prior_work_ids: Vec::new(),
+                    ttl,
+                    issued_at_ms: now_ms(),
+                };
+                self.publish(WORK_TOPIC, &message);
+            }
+            ToNetwork::Round {
+                id,
+                scout,
+                work_cid,
+                round,
+                accepted,
+                context_len,
+                k,
+                deadline,
+            } => {
+                let request = pb::DraftRequest {
+                    work_cid: work_cid.clone(),
+                    session_id: id,
+                    round,
+                    accepted_tokens: accepted,
+                    context_len: context_len as u32,
+                    draft_k: k.clamp(1, 16) as u32,
+                    deadline_ms: deadline.as_millis().clamp(1, 60_000) as u32,
+                };
+                if !self.swarm.is_connected(&scout) || request.validate().is_err() {
+                    self.engine.remote_drafts(id, round, None);
+                    return;
+                }
+                let request_id = self
+                    .swarm
+                    .behaviour_mut()
+                    .verify
+                    .send_request(&scout, request);
+                self.rounds.insert(
+                    request_id,
+                    Round {
+                        id,
+                        scout,
+                        work_cid,
+                        round,
+                        k,
+                    },
+                );
+            }
+            ToNetwork::Ended { id } => self.work.retain(|_, w| w.id != id),
+        }
+    }
+
+    fn event(&mut self, event: SwarmEvent<OracleBehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = address.with_p2p(self.peer_id).unwrap_or_else(|a| a);
+                tracing::info!(address = %full, "listening (p2p)");
+                println!("p2p listening on {full}");
+                self.listen_addrs.push(full);
+                self.update_view();
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                let full = address.with_p2p(self.peer_id).unwrap_or_else(|a| a);
+                self.listen_addrs.retain(|a| *a != full);
+                self.update_view();
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                if num_established.get() == 1 {
+                    self.peers.insert(
+                        peer_id,
+                        Peer {
+                            role: None,
+                            key: None,
+                            models: Vec::new(),
+                            address: endpoint.get_remote_address().clone(),
+                            agent: None,
+                            connected_at: Instant::now(),
+                        },
+                    );
+                }
+                if endpoint.is_dialer() {
+                    // We dialled (a bootstrap oracle): we send the handshake.
+                    let hello = self.our_handshake();
+                    self.swarm
+                        .behaviour_mut()
+                        .handshake
+                        .send_request(&peer_id, hello);
+                }
+                self.update_view();
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
+                self.ping.closed(connection_id);
+                if num_established == 0 {
+                    self.refused.remove(&peer_id);
+                    if let Some(peer) = self.peers.remove(&peer_id)
+                        && peer.role == Some(pb::NodeType::Scout)
+                    {
+                        self.engine.scout_gone(peer_id);
+                    }
+                    self.update_view();
+                }
+            }
+            SwarmEvent::Behaviour(event) => self.behaviour(event),
+            _ => {}
+        }
+    }
+
+    fn our_handshake(&self) -> pb::HandshakeMessage {
+        net::handshake_message(
+            &self.key,
+            pb::NodeType::Oracle,
+            &[HANDSHAKE_PROTOCOL, CLAIM_PROTOCOL, VERIFY_PROTOCOL],
+            Some(net::local_hardware()),
+            vec![self.config.scout_model_cid.clone()],
+            None,
+        )
+    }
+
+    fn behaviour(&mut self, event: OracleBehaviourEvent) {
+        use request_response::{Event as Rr, Message};
+        match event {
+            OracleBehaviourEvent::Handshake(Rr::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            }) => self.handshake(peer, request, channel),
+            OracleBehaviourEvent::Handshake(Rr::Message {
+                peer,
+                message: Message::Response { response, .. },
+                ..
+            }) => {
+                let theirs = response
+                    .handshake
+                    .filter(|_| response.ack.as_ref().is_some_and(|a| a.ok));
+                match theirs {
+                    Some(h) if net::check_handshake(&peer, &h).is_ok() => {
+                        self.handshake_done(peer, &h)
+                    }
+                    _ => {
+                        let _ = self.swarm.disconnect_peer_id(peer);
+                    }
+                }
+            }
+            OracleBehaviourEvent::Handshake(Rr::ResponseSent { peer, .. })
+                if self.refused.remove(&peer) =>
+            {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            OracleBehaviourEvent::Handshake(Rr::InboundFailure { peer, error, .. }) => {
+                // A malformed or oversized handshake lands here: the codec refused it.
+                tracing::info!(%peer, %error, "bad handshake: closing");
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            OracleBehaviourEvent::Claim(Rr::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            }) => self.claim(peer, request, channel),
+            OracleBehaviourEvent::Claim(Rr::InboundFailure { peer, error, .. }) => {
+                tracing::debug!(%peer, %error, "bad claim");
+            }
+            OracleBehaviourEvent::Verify(Rr::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            }) => self.round_answer(peer, request_id, response),
+            OracleBehaviourEvent::Verify(Rr::OutboundFailure {
+                request_id, error, ..
+            }) => {
+                if let Some(round) = self.rounds.remove(&request_id) {
+                    tracing::debug!(session = round.id, %error, "round failed: decoding alone");
+                    self.engine.remote_drafts(round.id, round.round, None);
+                }
+            }
+            OracleBehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => {
+                let verdict = self.validate_gossip(&message);
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, verdict);
+            }
+            OracleBehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result,
+            }) => self.ping_result(peer, connection, result.is_ok()),
+            OracleBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if let Some(p) = self.peers.get_mut(&peer_id) {
+                    p.agent = Some(info.agent_version.chars().take(128).collect());
+                }
+                // Only routable addresses go into the DHT: a peer cannot make
+                // us advertise loopback or unspecified addresses of its own.
+                for addr in info.listen_addrs.iter().take(16) {
+                    if is_dialable(addr) {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer_id, addr.clone());
+                    }
+                }
+            }
+            OracleBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::Bootstrap(result),
+                ..
+            }) => match result {
+                Ok(_) => self.bootstrap_backoff.reset(),
+                Err(e) => {
+                    let delay = self.bootstrap_backoff.next_delay();
+                    tracing::warn!(error = ?e, retry_in_s = delay.as_secs(), "bootstrap failed");
+                    self.next_bootstrap = Some(Instant::now() + delay);
+                }
+            },
+            OracleBehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    if !self.swarm.is_connected(&peer) {
+                        let _ = self.swarm.dial(addr);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn ping_result(&mut self, peer: PeerId, connection: ConnectionId, ok: bool) {
+        if self
+            .ping
+            .record(connection, ok, self.config.timeouts.ping_max_failures)
+        {
+            tracing::info!(%peer, "ping failed repeatedly: closing the connection");
+            self.swarm.close_connection(connection);
+        }
+    }
+
+    fn handshake(
+        &mut self,
+        peer: PeerId,
+        request: pb::HandshakeMessage,
+        channel: ResponseChannel<pb::HandshakeReply>,
+    ) {
+        let reply = match net::check_handshake(&peer, &request) {
+            Ok(()) => {
+                self.handshake_done(peer, &request);
+                pb::HandshakeReply {
+                    ack: Some(net::ack_ok()),
+                    handshake: Some(self.our_handshake()),
+                }
+            }
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "handshake refused");
+                self.refused.insert(peer);
+                net::refusal(&e)
+            }
+        };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .handshake
+            .send_response(channel, reply);
+    }
+
+    fn handshake_done(&mut self, peer: PeerId, hello: &pb::HandshakeMessage) {
+        let role = pb::NodeType::try_from(hello.node_type).unwrap_or(pb::NodeType::Unspecified);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            let first = p.role.is_none();
+            p.role = Some(role);
+            p.key = PublicKey::try_decode_protobuf(&hello.public_key).ok();
+            p.models = hello.model_cids.clone();
+            if first && role == pb::NodeType::Scout {
+                tracing::info!(%peer, "scout joined");
+                self.engine.scout_joined(peer);
+            }
+        }
+        self.update_view();
+    }
+
+    fn claim(
+        &mut self,
+        peer: PeerId,
+        request: pb::ClaimRequest,
+        channel: ResponseChannel<pb::ClaimResponse>,
+    ) {
+        let refuse = |code: &str, why: &str| pb::ClaimResponse {
+            ack: Some(net::ack_error(code, why)),
+            ..Default::default()
+        };
+        let is_scout = self
+            .peers
+            .get(&peer)
+            .is_some_and(|p| p.role == Some(pb::NodeType::Scout));
+        let work = self.work.get(&request.work_cid).map(|w| w.id);
+        let response = if !is_scout {
+            Some(refuse("PERMISSION_DENIED", "handshake as a scout first"))
+        } else if request.model_cid != self.config.scout_model_cid {
+            Some(refuse(
+                "INVALID_ARGUMENT",
+                "that is not the announced draft model",
+            ))
+        } else if work.is_none() {
+            Some(refuse("NOT_FOUND", "no such work, or it has ended"))
+        } else {
+            None
+        };
+        if let Some(response) = response {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .claim
+                .send_response(channel, response);
+            return;
+        }
+        let Some(id) = work else { return };
+        // One scout per announcement: the work id is spent either way.
+        self.work.remove(&request.work_cid);
+        let engine = self.engine.clone();
+        let done = self.claims_done.0.clone();
+        let work_cid = request.work_cid;
+        tokio::spawn(async move {
+            let response = match engine.claim(id, peer, work_cid).await {
+                Ok(grant) => granted(id, grant),
+                Err(why) => refuse("ALREADY_EXISTS", &why),
+            };
+            let _ = done.send((channel, response)).await;
+        });
+    }
+
+    fn round_answer(
+        &mut self,
+        peer: PeerId,
+        request_id: OutboundRequestId,
+        result: pb::WorkResult,
+    ) {
+        let Some(round) = self.rounds.remove(&request_id) else {
+            return;
+        };
+        let key = self.peers.get(&peer).and_then(|p| p.key.clone());
+        let ok = peer == round.scout
+            && result.work_cid == round.work_cid
+            && result.session_id == round.id
+            && result.round == round.round
+            && result.token_ids.len() <= round.k
+            && key.is_some_and(|k| result.verify_signature(&k).is_ok());
+        if ok {
+            self.engine
+                .remote_drafts(round.id, round.round, Some(result.token_ids));
+        } else {
+            tracing::info!(%peer, session = round.id, "drafts refused (signature or fields do not match)");
+            self.engine.remote_drafts(round.id, round.round, None);
+        }
+    }
+
+    fn validate_gossip(&mut self, message: &gossipsub::Message) -> MessageAcceptance {
+        let Some(source) = message.source else {
+            return MessageAcceptance::Reject;
+        };
+        let skew = self.config.timeouts.max_clock_skew.as_millis() as u64;
+        let now = now_ms();
+        let topic = message.topic.as_str();
+        if topic == WORK_TOPIC {
+            let Ok(work) = frame::decode::<pb::GossipWorkMessage>(&message.data) else {
+                return MessageAcceptance::Reject;
+            };
+            let Ok(expires) = check_fresh(work.issued_at_ms, work.ttl, now, skew) else {
+                return MessageAcceptance::Ignore;
+            };
+            let id = work.assignment.map(|a| a.prompt_cid).unwrap_or_default();
+            if self.replay.check_and_insert(id, expires, now).is_err() {
+                return MessageAcceptance::Ignore;
+            }
+            MessageAcceptance::Accept
+        } else if topic == TOPOLOGY_TOPIC {
+            let Ok(topology) = frame::decode::<pb::TopologyMessage>(&message.data) else {
+                return MessageAcceptance::Reject;
+            };
+            let issued = u64::from(topology.timestamp) * 1000;
+            match check_fresh(issued, 120, now, skew) {
+                Ok(_) => MessageAcceptance::Accept,
+                Err(_) => MessageAcceptance::Ignore,
+            }
+        } else if topic == WORK_RESULT_TOPIC {
+            // Results are accepted only with an oracle certificate from the
+            // network key; until a network key is configured, none are.
+            let _ = source;
+            MessageAcceptance::Ignore
+        } else {
+            MessageAcceptance::Reject
+        }
+    }
+}
+
+fn granted(id: SessionId, grant: ClaimGrant) -> pb::ClaimResponse {
+    pb::ClaimResponse {
+        ack: Some(net::ack_ok()),
+        session_id: id,
+        context_tokens: grant.context,
+        draft_k: grant.k.clamp(1, 16) as u32,
+        sampling: Some(params_to_wire(&grant.params)),
+        output_start: grant.output_start as u32,
+    }
+}
+
+/// Whether `addr` is worth putting in the DHT: not loopback, unspecified or
+/// link-local (a peer's claims about itself are not trusted blindly).
+fn is_dialable(addr: &Multiaddr) -> bool {
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => !(ip.is_loopback() || ip.is_unspecified() || ip.is_link_local()),
+        Some(Protocol::Ip6(ip)) => !(ip.is_loopback() || ip.is_unspecified()),
+        Some(Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_)) => true,
+        _ => false,
+    }
+}

@@ -1,0 +1,110 @@
+//! `oracle scout`: a desktop scout that drafts for one oracle until SIGINT or
+//! SIGTERM. The scout's logic is `scout-wasm`'s (the same code runs in a
+//! browser tab); this file only loads the model and the key and starts it.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, ensure};
+use libp2p::Multiaddr;
+use scout_wasm::native::{self, ScoutConfig};
+use scout_wasm::round::Scout;
+use shared_model::backend::{Cpu, cpu_device};
+use shared_model::draft::DraftModel;
+use shared_model::gguf::Gguf;
+use shared_model::model::Llama;
+
+use crate::p2p::identity;
+use crate::serve::{default_data_dir, default_model_path};
+
+/// Draft layers used when neither a draft model nor a layer count is given:
+/// the default model cut short makes a usable draft model.
+pub const DEFAULT_DRAFT_LAYERS: usize = 6;
+
+/// `oracle scout`'s flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScoutArgs {
+    /// The oracle's p2p address, ending in `/p2p/<peer id>` (its /api/status lists them).
+    #[arg(long)]
+    pub connect: String,
+    /// The draft model (must share the oracle's vocabulary) [default: the default model].
+    #[arg(long)]
+    pub draft_model: Option<PathBuf>,
+    /// Use only the first N layers of the draft model [default: 6 with the default model].
+    #[arg(long)]
+    pub draft_layers: Option<usize>,
+    /// Where the scout keeps its key [default: the oracle's data dir + /scout].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Sessions drafted for at once.
+    #[arg(long, default_value_t = 8)]
+    pub max_sessions: usize,
+    /// Longest context drafted for, tokens.
+    #[arg(long, default_value_t = 4096)]
+    pub max_context: usize,
+}
+
+/// Runs the scout until a signal.
+pub fn run(args: ScoutArgs) -> anyhow::Result<()> {
+    let connect: Multiaddr = args
+        .connect
+        .parse()
+        .with_context(|| format!("--connect `{}` is not a multiaddr", args.connect))?;
+    ensure!(args.max_sessions >= 1, "--max-sessions must be at least 1");
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| default_data_dir().join("scout"));
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let key = identity::load_or_create_key(&data_dir)?;
+    let (path, layers) = match args.draft_model {
+        Some(p) => (p, args.draft_layers),
+        None => (
+            default_model_path(),
+            Some(args.draft_layers.unwrap_or(DEFAULT_DRAFT_LAYERS)),
+        ),
+    };
+    ensure!(
+        path.exists(),
+        "no draft model at {}: pass --draft-model FILE, or run `scripts/setup.sh model`",
+        path.display()
+    );
+    let mut gguf = Gguf::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let device = cpu_device();
+    let model = Llama::<Cpu>::load(&mut gguf, &device, layers)
+        .with_context(|| format!("cannot load the draft model in {}", path.display()))?;
+    let model_cid = native::model_cid_of_file(&path)
+        .with_context(|| format!("cannot hash {}", path.display()))?;
+    tracing::info!(
+        peer_id = %key.public().to_peer_id(),
+        model = %path.display(),
+        layers = model.config().n_layer,
+        "scout ready"
+    );
+    let scout = Scout::new(
+        key.clone(),
+        DraftModel::new(model),
+        args.max_sessions,
+        args.max_context,
+    );
+    let config = ScoutConfig {
+        connect,
+        timeouts: Default::default(),
+        model_cid,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let stats = runtime.block_on(native::run(
+        key,
+        scout,
+        config,
+        crate::serve::shutdown_signal(),
+    ))?;
+    println!(
+        "scout stopped: {} claims, {} rounds, {} drafted, {} accepted",
+        stats.claims, stats.rounds, stats.drafted, stats.accepted
+    );
+    Ok(())
+}
