@@ -187,10 +187,19 @@ pub enum ToNetwork {
         /// How long the round waits.
         deadline: Duration,
     },
+    /// A scout's drafts were accepted: credit it.
+    Credit {
+        /// The scout.
+        scout: PeerId,
+        /// Accepted drafted tokens.
+        tokens: u64,
+    },
     /// The session ended; forget its work ids.
     Ended {
         /// The session.
         id: SessionId,
+        /// For a finished greedy session: its prompt and verified output.
+        known: Option<(Vec<u32>, Vec<u32>)>,
     },
 }
 
@@ -729,11 +738,28 @@ impl<B: Backend> Engine<B> {
                 deadline,
             ),
             Output::Delta { id, tokens, text } => self.deliver(id, tokens, text),
-            Output::Finished { id, finish, stats } => {
+            Output::Finished {
+                id,
+                finish,
+                stats,
+                context,
+                params,
+            } => {
                 self.caches.remove(&id);
                 self.remote.remove(&id);
                 if let Some(network) = &self.network {
-                    let _ = network.try_send(ToNetwork::Ended { id });
+                    // A greedy answer that ran its course is a known
+                    // continuation: a golden ticket for checking scouts.
+                    let known = (params.is_greedy()
+                        && matches!(finish, Finish::Stopped(_))
+                        && stats.generated_tokens >= 8)
+                        .then(|| {
+                            (
+                                context[..stats.prompt_tokens].to_vec(),
+                                context[stats.prompt_tokens..].to_vec(),
+                            )
+                        });
+                    let _ = network.try_send(ToNetwork::Ended { id, known });
                 }
                 let reason = finish.reason();
                 self.metrics
@@ -787,9 +813,17 @@ impl<B: Backend> Engine<B> {
             }
             live.last_token = Some(now);
             let drafted = tokens.iter().filter(|t| t.drafted).count();
-            if let Some(remote) = self.remote.get(&id) {
+            if let Some(remote) = self.remote.get(&id)
+                && drafted > 0
+            {
                 self.metrics
                     .scout_drafts(&remote.scout.to_string(), 0, drafted as u64);
+                if let Some(network) = &self.network {
+                    let _ = network.try_send(ToNetwork::Credit {
+                        scout: remote.scout,
+                        tokens: drafted as u64,
+                    });
+                }
             }
             self.metrics.tokens_generated.inc_by(tokens.len() as u64);
             self.metrics.draft_tokens_accepted.inc_by(drafted as u64);

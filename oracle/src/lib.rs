@@ -11,6 +11,7 @@
 //! - [`p2p`]: the libp2p node — transports, handshake, gossip, scouts claiming
 //!   work and drafting rounds.
 //! - [`serve`]: `oracle serve`'s configuration and startup.
+//! - [`trust`]: reputation, golden-ticket checks, bans, credits, rate limits.
 //! - [`scout`]: `oracle scout`, a desktop scout (the logic is `scout-wasm`'s).
 //! - [`cli`]: the command line (`tokenize`, `generate`, `bench`, `serve`, `scout`).
 #![deny(missing_docs)]
@@ -24,3 +25,4 @@ pub mod p2p;
 pub mod scheduler;
 pub mod scout;
 pub mod serve;
+pub mod trust;

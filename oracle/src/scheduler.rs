@@ -177,6 +177,10 @@ pub enum Output {
         finish: Finish,
         /// Its counters.
         stats: SessionStats,
+        /// Prompt and output.
+        context: Vec<u32>,
+        /// How it sampled.
+        params: SamplingParams,
     },
 }
 
@@ -337,6 +341,8 @@ impl Scheduler {
                 id,
                 finish: Finish::Cancelled,
                 stats: entry.session.stats(),
+                context: Vec::new(),
+                params: entry.session.config().params,
             });
         }
     }
@@ -576,6 +582,8 @@ impl Scheduler {
             id,
             finish,
             stats: entry.session.stats(),
+            context: entry.session.context().to_vec(),
+            params: entry.session.config().params,
         });
         self.admit();
     }

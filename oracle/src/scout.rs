@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, ensure};
 use libp2p::Multiaddr;
 use scout_wasm::native::{self, ScoutConfig};
-use scout_wasm::round::Scout;
+use scout_wasm::round::{Fault, Scout};
 use shared_model::backend::{Cpu, cpu_device};
 use shared_model::draft::DraftModel;
 use shared_model::gguf::Gguf;
@@ -41,6 +41,10 @@ pub struct ScoutArgs {
     /// Longest context drafted for, tokens.
     #[arg(long, default_value_t = 4096)]
     pub max_context: usize,
+    /// Misbehave on purpose (`garbage` drafts, `wrong-key` signatures) to see
+    /// the oracle's defences at work. For tests and demonstrations.
+    #[arg(long, hide = true, value_parser = ["garbage", "wrong-key"])]
+    pub misbehave: Option<String>,
 }
 
 /// Runs the scout until a signal.
@@ -81,12 +85,21 @@ pub fn run(args: ScoutArgs) -> anyhow::Result<()> {
         layers = model.config().n_layer,
         "scout ready"
     );
+    let fault = match args.misbehave.as_deref() {
+        Some("garbage") => Fault::Garbage,
+        Some("wrong-key") => Fault::WrongKey,
+        _ => Fault::None,
+    };
+    if fault != Fault::None {
+        tracing::warn!(?fault, "this scout misbehaves on purpose");
+    }
     let scout = Scout::new(
         key.clone(),
         DraftModel::new(model),
         args.max_sessions,
         args.max_context,
-    );
+    )
+    .with_fault(fault);
     let config = ScoutConfig {
         connect,
         timeouts: Default::default(),

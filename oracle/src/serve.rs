@@ -21,6 +21,7 @@ use crate::http::{self, AppState, HttpConfig, ModelInfo};
 use crate::metrics::Metrics;
 use crate::p2p::{self, NetConfig};
 use crate::scheduler::{DraftPolicy, SchedulerConfig};
+use crate::trust::{Ledger, TrustPolicy};
 
 /// The model `scripts/setup.sh` fetches, looked for in `$SHARD_MODELS_DIR` (default `models/`).
 pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -132,6 +133,9 @@ pub struct ServeArgs {
     /// The draft model scouts must hold [default: --draft-model, else the target].
     #[arg(long)]
     pub scout_model: Option<PathBuf>,
+    /// Seconds between golden tickets slipped to scouts [default: 30].
+    #[arg(long)]
+    pub golden_interval_s: Option<f64>,
 }
 
 /// Settings with every default filled in.
@@ -190,6 +194,8 @@ pub struct P2pConfig {
     pub mdns: bool,
     /// The draft model file scouts must hold.
     pub scout_model: PathBuf,
+    /// Time between golden tickets.
+    pub golden_interval: Duration,
 }
 
 /// Where the p2p node listens unless told otherwise.
@@ -253,6 +259,17 @@ impl ServeArgs {
                     .or(file.scout_model.clone())
                     .or(draft_path.clone())
                     .unwrap_or_else(|| model.clone()),
+                golden_interval: {
+                    let s = a
+                        .golden_interval_s
+                        .or(file.golden_interval_s)
+                        .unwrap_or(30.0);
+                    ensure!(
+                        s.is_finite() && (0.1..=86_400.0).contains(&s),
+                        "--golden-interval-s must be between 0.1 and 86400"
+                    );
+                    Duration::from_secs_f64(s)
+                },
             })
         };
         let draft_layers = a.draft_layers.or(file.draft_layers);
@@ -506,6 +523,7 @@ pub fn build<B: Backend>(config: &ServeConfig, device: &B::Device) -> anyhow::Re
         },
         started: Instant::now(),
         network: p2p::NetView::default(),
+        trust: std::sync::OnceLock::new(),
     });
     Ok(Server {
         app: http::router(state.clone()),
@@ -521,6 +539,12 @@ pub fn start_network(config: &ServeConfig, server: &mut Server) -> anyhow::Resul
     };
     let scout_model_cid = scout_wasm::native::model_cid_of_file(&p2p.scout_model)
         .with_context(|| format!("cannot read the scout model {}", p2p.scout_model.display()))?;
+    let ledger_path = config.data_dir.join("trust.redb");
+    let ledger = Arc::new(
+        Ledger::open(&ledger_path, TrustPolicy::default())
+            .with_context(|| format!("cannot open {}", ledger_path.display()))?,
+    );
+    let _ = server.state.trust.set(ledger.clone());
     let net = NetConfig {
         listen: p2p.listen.clone(),
         bootstrap: p2p.bootstrap.clone(),
@@ -530,6 +554,8 @@ pub fn start_network(config: &ServeConfig, server: &mut Server) -> anyhow::Resul
         max_connections: 1024,
         scout_model_cid,
         work_ttl_s: 60,
+        golden_interval: p2p.golden_interval,
+        ledger,
     };
     p2p::start(
         net,

@@ -23,6 +23,9 @@ use crate::behaviour::{ScoutBehaviour, ScoutBehaviourEvent};
 use crate::net::{self, Backoff, NetTimeouts, PingPolicy};
 use crate::round::{Scout, ScoutStats};
 
+/// A session without a round for this long is over for the scout.
+const SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Where and how a desktop scout connects.
 #[derive(Debug, Clone)]
 pub struct ScoutConfig {
@@ -142,6 +145,7 @@ pub async fn run<B: Backend>(
                     }
                 }
                 node.answer_rounds();
+                node.scout.release_idle(SESSION_IDLE);
                 if node.ready && lost {
                     node.ready = false;
                 }
@@ -409,8 +413,7 @@ impl<B: Backend> Node<B> {
         if from_our_oracle
             && self.ready
             && assignment.model_cid == self.config.model_cid
-            && self.scout.has_room()
-            && self.claims.len() < 16
+            && self.claims.len() < self.scout.room()
         {
             let request = pb::ClaimRequest {
                 work_cid: assignment.prompt_cid.clone(),
@@ -432,7 +435,13 @@ impl<B: Backend> Node<B> {
             return;
         }
         let pending = std::mem::take(&mut self.pending);
-        let (requests, channels): (Vec<_>, Vec<_>) = pending
+        // A round can overtake the answer to our claim (another stream): hold
+        // it until the claim's answer is in.
+        let (waiting, ready): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(r, _)| {
+            !self.scout.holds(r.session_id) && self.claims.values().any(|w| *w == r.work_cid)
+        });
+        self.pending = waiting;
+        let (requests, channels): (Vec<_>, Vec<_>) = ready
             .into_iter()
             .filter(|(r, _)| r.validate().is_ok())
             .unzip();

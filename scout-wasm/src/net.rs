@@ -184,6 +184,15 @@ pub enum HandshakeError {
     /// The peer's role is not one this node talks to.
     #[error("node type {0} is not accepted here")]
     Role(i32),
+    /// The peer is banned for now.
+    #[error("banned until {until_ms} (unix ms)")]
+    Banned {
+        /// End of the ban.
+        until_ms: u64,
+    },
+    /// The peer sends too many requests.
+    #[error("too many requests: slow down")]
+    RateLimited,
 }
 
 impl HandshakeError {
@@ -191,7 +200,8 @@ impl HandshakeError {
     pub fn code(&self) -> &'static str {
         match self {
             HandshakeError::KeyMismatch(_) => "UNAUTHENTICATED",
-            HandshakeError::Role(_) => "PERMISSION_DENIED",
+            HandshakeError::Role(_) | HandshakeError::Banned { .. } => "PERMISSION_DENIED",
+            HandshakeError::RateLimited => "UNAVAILABLE",
             _ => "INVALID_ARGUMENT",
         }
     }

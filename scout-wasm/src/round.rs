@@ -122,11 +122,27 @@ struct Held<B: Backend> {
     last_round: u32,
     /// What this scout sent last round, to see how much was accepted.
     last_draft: Vec<u32>,
+    /// When the oracle last sent a round (or the claim).
+    last_seen: Instant,
     state: DraftState<B>,
+}
+
+/// A scout that misbehaves on purpose, to test the oracle's defences (and to
+/// show them). An honest scout uses [`Fault::None`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fault {
+    /// Draft honestly.
+    #[default]
+    None,
+    /// Send tokens unrelated to the context.
+    Garbage,
+    /// Sign with a key other than the connection's.
+    WrongKey,
 }
 
 /// The sessions a scout drafts for, and its signing key.
 pub struct Scout<B: Backend> {
+    fault: Fault,
     key: Keypair,
     model: DraftModel<B>,
     vocab_size: usize,
@@ -148,6 +164,7 @@ impl<B: Backend> Scout<B> {
     ) -> Self {
         let vocab_size = model.model().config().vocab_size;
         Scout {
+            fault: Fault::None,
             key,
             model,
             vocab_size,
@@ -157,6 +174,12 @@ impl<B: Backend> Scout<B> {
             sessions: HashMap::new(),
             stats: ScoutStats::default(),
         }
+    }
+
+    /// Makes this scout misbehave (tests and demonstrations only).
+    pub fn with_fault(mut self, fault: Fault) -> Self {
+        self.fault = fault;
+        self
     }
 
     /// Its counters.
@@ -205,6 +228,7 @@ impl<B: Backend> Scout<B> {
                 k: response.draft_k.clamp(self.policy.min, self.policy.max),
                 last_round: 0,
                 last_draft: Vec::new(),
+                last_seen: Instant::now(),
                 state: self.model.new_state(self.max_context),
             },
         );
@@ -212,9 +236,25 @@ impl<B: Backend> Scout<B> {
         Ok(response.session_id)
     }
 
+    /// Whether `session_id` is held.
+    pub fn holds(&self, session_id: u64) -> bool {
+        self.sessions.contains_key(&session_id)
+    }
+
     /// Forgets a session (finished, or its oracle is gone).
     pub fn release(&mut self, session_id: u64) {
         self.sessions.remove(&session_id);
+    }
+
+    /// Forgets sessions without a round for `idle`: the protocol has no
+    /// "session over" message, so silence is how a session ends for a scout.
+    pub fn release_idle(&mut self, idle: std::time::Duration) {
+        self.sessions.retain(|_, h| h.last_seen.elapsed() < idle);
+    }
+
+    /// Sessions that can still be claimed.
+    pub fn room(&self) -> usize {
+        self.max_sessions.saturating_sub(self.sessions.len())
     }
 
     /// Forgets every session.
@@ -341,6 +381,7 @@ impl<B: Backend> Scout<B> {
         }
         held.context.extend_from_slice(&req.accepted_tokens);
         held.last_round = req.round;
+        held.last_seen = Instant::now();
         held.last_draft.clear();
         let k = held.k.min(req.draft_k) as usize;
         Ok((req.session_id, req.round, k))
@@ -351,9 +392,15 @@ impl<B: Backend> Scout<B> {
         held: &Held<B>,
         session_id: u64,
         round: u32,
-        tokens: Vec<u32>,
+        mut tokens: Vec<u32>,
         inference_time_ms: i32,
     ) -> Result<pb::WorkResult, RoundError> {
+        if self.fault == Fault::Garbage {
+            let vocab = self.vocab_size.max(1) as u64;
+            for (i, t) in tokens.iter_mut().enumerate() {
+                *t = ((u64::from(*t) * 7919 + 104_729 * (i as u64 + 1)) % vocab) as u32;
+            }
+        }
         let mut result = pb::WorkResult {
             work_cid: held.work_cid.clone(),
             result_cid: ContentId::of_tokens(&tokens).to_bytes(),
@@ -366,8 +413,12 @@ impl<B: Backend> Scout<B> {
             round,
             draft_distributions: Vec::new(),
         };
+        let key = match self.fault {
+            Fault::WrongKey => Keypair::generate_ed25519(),
+            _ => self.key.clone(),
+        };
         result
-            .sign(&self.key)
+            .sign(&key)
             .map_err(|e| RoundError::Signing(e.to_string()))?;
         Ok(result)
     }

@@ -47,7 +47,7 @@ fn temp_dir(name: &str) -> PathBuf {
 
 /// Starts `oracle serve` on loopback; returns it, its HTTP address and its
 /// p2p addresses.
-fn start_oracle(data_dir: &PathBuf) -> (Proc, String, Vec<String>) {
+fn start_oracle(data_dir: &PathBuf, extra: &[&str]) -> (Proc, String, Vec<String>) {
     let mut child = Command::new(oracle_bin())
         .args([
             "serve",
@@ -68,6 +68,7 @@ fn start_oracle(data_dir: &PathBuf) -> (Proc, String, Vec<String>) {
         .arg(data_dir)
         .arg("--model")
         .arg(common::default_model())
+        .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -98,10 +99,18 @@ fn start_oracle(data_dir: &PathBuf) -> (Proc, String, Vec<String>) {
     (proc, http.unwrap(), p2p)
 }
 
-fn start_scout(connect: &str, data_dir: &PathBuf) -> Proc {
+fn start_scout(connect: &str, data_dir: &PathBuf, extra: &[&str]) -> Proc {
+    let layers = if extra.is_empty() {
+        ["--draft-layers", "6"]
+    } else {
+        ["--draft-layers", "30"]
+    };
+    let extra: Vec<&str> = extra.iter().copied().filter(|a| *a != "honest").collect();
     Proc(
         Command::new(oracle_bin())
-            .args(["scout", "--connect", connect, "--draft-layers", "6"])
+            .args(["scout", "--connect", connect])
+            .args(layers)
+            .args(&extra)
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--draft-model")
@@ -203,7 +212,7 @@ const PROMPTS: [&str; 4] = [
 #[test]
 fn scouts_draft_over_tcp_and_webrtc_and_outputs_equal_the_target_alone() {
     let dir = temp_dir("oracle");
-    let (_oracle, addr, p2p) = start_oracle(&dir);
+    let (_oracle, addr, p2p) = start_oracle(&dir, &[]);
     let tcp = p2p.iter().find(|a| a.contains("/tcp/")).unwrap().clone();
     let webrtc = p2p
         .iter()
@@ -229,7 +238,7 @@ fn scouts_draft_over_tcp_and_webrtc_and_outputs_equal_the_target_alone() {
     let mut scouts: Vec<Proc> = (0..4)
         .map(|i| {
             let connect = if i % 2 == 0 { &tcp } else { &webrtc };
-            start_scout(connect, &dir.join(format!("scout-{i}")))
+            start_scout(connect, &dir.join(format!("scout-{i}")), &[])
         })
         .collect();
     wait_for("4 scouts", Duration::from_secs(120), || {
@@ -282,5 +291,71 @@ fn scouts_draft_over_tcp_and_webrtc_and_outputs_equal_the_target_alone() {
     wait_for("scouts gone", Duration::from_secs(90), || {
         json_of(&addr, "/api/status")["scouts_connected"] == 0
     });
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The peer id a scout made for itself in `dir`.
+fn peer_id_in(dir: &std::path::Path) -> String {
+    let bytes = std::fs::read(dir.join("node.key")).unwrap();
+    shared_proto::Keypair::from_protobuf_encoding(&bytes)
+        .unwrap()
+        .public()
+        .to_peer_id()
+        .to_string()
+}
+
+#[test]
+fn misbehaving_scouts_are_banned_by_golden_tickets_and_stay_banned_after_a_restart() {
+    let dir = temp_dir("trust");
+    let fast_tickets = ["--golden-interval-s", "0.5"];
+    let (oracle, addr, p2p) = start_oracle(&dir, &fast_tickets);
+    // Finished greedy answers are what golden tickets are made of.
+    for prompt in &PROMPTS[..2] {
+        complete(&addr, prompt, 16);
+    }
+    let tcp = p2p.iter().find(|a| a.contains("/tcp/")).unwrap().clone();
+    let (garbage_dir, wrong_dir, honest_dir) = (
+        dir.join("garbage"),
+        dir.join("wrong-key"),
+        dir.join("honest"),
+    );
+    let garbage = start_scout(&tcp, &garbage_dir, &["--misbehave", "garbage"]);
+    let wrong = start_scout(&tcp, &wrong_dir, &["--misbehave", "wrong-key"]);
+    let honest = start_scout(&tcp, &honest_dir, &["honest"]);
+    wait_for("scout keys", Duration::from_secs(60), || {
+        [&garbage_dir, &wrong_dir, &honest_dir]
+            .iter()
+            .all(|d| d.join("node.key").exists())
+    });
+    let record = |addr: &str, peer: &str| json_of(addr, &format!("/api/scouts/{peer}"));
+    let bad = [peer_id_in(&garbage_dir), peer_id_in(&wrong_dir)];
+    let good = peer_id_in(&honest_dir);
+    wait_for("both bad scouts banned", Duration::from_secs(120), || {
+        bad.iter().all(|p| record(&addr, p)["banned"] == true)
+    });
+    for peer in &bad {
+        let r = record(&addr, peer);
+        assert!(r["record"]["golden_failed"].as_u64().unwrap() <= 5, "{r}");
+        assert_eq!(r["record"]["bans"], 1, "{r}");
+    }
+    let honest_record = record(&addr, &good);
+    assert_eq!(honest_record["banned"], false, "{honest_record}");
+    let metrics = http(&addr, "GET", "/metrics", None).1;
+    assert!(metric_sum(&metrics, "shard_bans_total") >= 2.0, "{metrics}");
+
+    // The bans survive a restart: the banned scout is refused, the honest one joins.
+    drop((oracle, garbage, wrong, honest));
+    let (_oracle, addr, p2p) = start_oracle(&dir, &fast_tickets);
+    let tcp = p2p.iter().find(|a| a.contains("/tcp/")).unwrap().clone();
+    let _garbage = start_scout(&tcp, &garbage_dir, &["--misbehave", "garbage"]);
+    let _honest = start_scout(&tcp, &honest_dir, &[]);
+    wait_for("the honest scout", Duration::from_secs(60), || {
+        json_of(&addr, "/api/status")["scouts_connected"] == 1
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let peers = json_of(&addr, "/api/peers").to_string();
+    assert!(peers.contains(&good), "{peers}");
+    assert!(!peers.contains(&bad[0]), "{peers}");
+    assert_eq!(record(&addr, &bad[0])["banned"], true);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -83,6 +83,8 @@ pub struct AppState {
     pub started: Instant,
     /// The p2p node as it is now (empty without one).
     pub network: crate::p2p::NetView,
+    /// Scouts' reputation, credits and bans, once the p2p node runs.
+    pub trust: std::sync::OnceLock<Arc<crate::trust::Ledger>>,
 }
 
 /// The whole HTTP application.
@@ -94,6 +96,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/api/status", get(status))
         .route("/api/peers", get(peers))
+        .route("/api/scouts/{peer}", get(scout_record))
         .route("/ws", get(events))
         .route("/v1/{*rest}", any(openai::not_found))
         .layer(middleware::from_fn_with_state(
@@ -239,6 +242,32 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
         })),
     }))
     .into_response()
+}
+
+async fn scout_record(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(peer): axum::extract::Path<String>,
+) -> Response {
+    let Ok(peer) = peer.parse::<libp2p::PeerId>() else {
+        return error::ApiError::invalid("not a peer id", Some("peer")).into_response();
+    };
+    let Some(ledger) = state.trust.get() else {
+        return error::ApiError::unavailable("this oracle runs no p2p node").into_response();
+    };
+    match ledger.get(&peer) {
+        Ok(record) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            axum::Json(json!({
+                "peer_id": peer.to_string(),
+                "banned": record.is_banned(now),
+                "record": record,
+            }))
+            .into_response()
+        }
+        Err(e) => error::ApiError::internal(e.to_string()).into_response(),
+    }
 }
 
 async fn peers(State(state): State<Arc<AppState>>) -> Response {

@@ -10,6 +10,7 @@
 //! snapshot ([`NetView`]) for `/api/status` and `/api/peers`.
 
 mod behaviour;
+mod golden;
 pub mod identity;
 mod node;
 

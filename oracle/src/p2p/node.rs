@@ -24,13 +24,15 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 
 use super::behaviour::{OracleBehaviour, OracleBehaviourEvent};
+use super::golden::{GoldenRun, Step, Ticket, TicketBook};
 use super::identity::{self, IdentityError};
 use crate::engine::{ClaimGrant, EngineHandle, ToNetwork};
 use crate::metrics::Metrics;
 use crate::scheduler::SessionId;
+use crate::trust::{Ledger, RateLimiter};
 
 /// The network's settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NetConfig {
     /// Addresses to listen on (TCP, QUIC, `/webrtc-direct`, `/ws`).
     pub listen: Vec<Multiaddr>,
@@ -48,6 +50,10 @@ pub struct NetConfig {
     pub scout_model_cid: Vec<u8>,
     /// Seconds a work announcement stays valid.
     pub work_ttl_s: u32,
+    /// How often a golden ticket is slipped to the scouts.
+    pub golden_interval: Duration,
+    /// Reputation, credits and bans.
+    pub ledger: Arc<Ledger>,
 }
 
 /// A peer as `/api/peers` shows it.
@@ -163,6 +169,16 @@ pub fn start(
         next_bootstrap: Some(Instant::now()),
         next_topology: Instant::now() + Duration::from_secs(2),
         claims_done: mpsc::channel(256),
+        tickets: TicketBook::new(64),
+        golden_work: HashMap::new(),
+        golden: HashMap::new(),
+        golden_rounds: HashMap::new(),
+        golden_ids: 0,
+        next_golden: Instant::now() + Duration::from_secs(1),
+        peer_limits: RateLimiter::new(60, 20, 65_536),
+        ip_limits: RateLimiter::new(120, 40, 65_536),
+        gossip_limits: RateLimiter::new(60_000, 1_000, 65_536),
+        credits: HashMap::new(),
     };
     Ok(tokio::spawn(node.run(from_engine)))
 }
@@ -256,7 +272,23 @@ struct Node {
     next_bootstrap: Option<Instant>,
     next_topology: Instant,
     claims_done: (mpsc::Sender<ClaimDone>, mpsc::Receiver<ClaimDone>),
+    tickets: TicketBook,
+    /// Announced golden tickets: who claimed each already.
+    golden_work: HashMap<Vec<u8>, (Ticket, Instant, HashSet<PeerId>)>,
+    /// Ticket runs by session id.
+    golden: HashMap<u64, (PeerId, GoldenRun)>,
+    golden_rounds: HashMap<OutboundRequestId, u64>,
+    golden_ids: u64,
+    next_golden: Instant,
+    peer_limits: RateLimiter<PeerId>,
+    ip_limits: RateLimiter<std::net::IpAddr>,
+    gossip_limits: RateLimiter<PeerId>,
+    /// Credits not yet written to the ledger.
+    credits: HashMap<PeerId, u64>,
 }
+
+/// Session ids of golden-ticket runs: a range engine sessions never reach.
+const GOLDEN_SESSION_BASE: u64 = 1 << 62;
 
 impl Node {
     async fn run(mut self, mut from_engine: mpsc::Receiver<ToNetwork>) {
@@ -314,6 +346,120 @@ impl Node {
             self.next_topology = now + self.config.timeouts.topology_interval;
             self.publish_topology();
         }
+        self.golden_work.retain(|_, (_, expires, _)| *expires > now);
+        if now >= self.next_golden {
+            self.next_golden = now + self.config.golden_interval;
+            self.announce_golden();
+        }
+        for (peer, tokens) in std::mem::take(&mut self.credits) {
+            if let Err(e) = self.config.ledger.update(&peer, |r, _| r.credits += tokens) {
+                tracing::error!(error = %e, "cannot record credits");
+            }
+        }
+    }
+
+    /// Offers a golden ticket as ordinary work, when there are scouts.
+    fn announce_golden(&mut self) {
+        let scouts = self
+            .peers
+            .values()
+            .any(|p| p.role == Some(pb::NodeType::Scout));
+        let Some(ticket) = scouts.then(|| self.tickets.pick()).flatten() else {
+            return;
+        };
+        self.golden_ids += 1;
+        let mut seed = b"golden".to_vec();
+        seed.extend_from_slice(&self.golden_ids.to_le_bytes());
+        seed.extend_from_slice(&now_ms().to_le_bytes());
+        seed.extend_from_slice(&self.peer_id.to_bytes());
+        let work_cid = shared_proto::ContentId::digest(&seed).to_bytes();
+        let ttl = self.config.work_ttl_s;
+        let message = pb::GossipWorkMessage {
+            assignment: Some(pb::WorkAssignment {
+                prompt_cid: work_cid.clone(),
+                max_tokens: ticket.known.len().min(4096) as i32,
+                priority: 5,
+                model_cid: self.config.scout_model_cid.clone(),
+                timeout_ms: i64::from(ttl) * 1000,
+                node_type: pb::NodeType::Scout as i32,
+                draft_k: 4,
+                sampling: Some(params_to_wire(
+                    &shared_model::sampling::SamplingParams::GREEDY,
+                )),
+            }),
+            prior_work_ids: Vec::new(),
+            ttl,
+            issued_at_ms: now_ms(),
+        };
+        self.golden_work.insert(
+            work_cid,
+            (
+                ticket,
+                Instant::now() + Duration::from_secs(u64::from(ttl)),
+                HashSet::new(),
+            ),
+        );
+        self.publish(WORK_TOPIC, &message);
+    }
+
+    /// Sends the next round of a golden run, or scores it.
+    fn golden_step(&mut self, session: u64, step: Step) {
+        match step {
+            Step::Next(request) => {
+                let Some((peer, _)) = self.golden.get(&session) else {
+                    return;
+                };
+                let peer = *peer;
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .verify
+                    .send_request(&peer, request);
+                self.golden_rounds.insert(id, session);
+            }
+            Step::Done { passed } => {
+                if let Some((peer, _)) = self.golden.remove(&session) {
+                    tracing::info!(%peer, passed, "golden ticket scored");
+                    self.check(peer, passed);
+                }
+            }
+        }
+    }
+
+    /// Records a check of `peer` in the ledger; bans when it must.
+    fn check(&mut self, peer: PeerId, passed: bool) {
+        let now = now_ms();
+        let mut banned = None;
+        let result = self.config.ledger.update(&peer, |r, policy| {
+            banned = r.checked(passed, policy, now);
+        });
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot record a check");
+        }
+        if let Some(until) = banned {
+            // Its other runs end unscored: one ban per offence.
+            self.golden.retain(|_, (p, _)| *p != peer);
+            self.metrics.bans.inc();
+            tracing::warn!(%peer, banned_for_s = until.saturating_sub(now) / 1000, "scout banned");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    fn is_banned(&self, peer: &PeerId) -> bool {
+        self.config
+            .ledger
+            .get(peer)
+            .map(|r| r.is_banned(now_ms()))
+            .unwrap_or(false)
+    }
+
+    /// Takes a token from the peer's and its IP's buckets.
+    fn rate_ok(&mut self, peer: &PeerId) -> bool {
+        let now = now_ms();
+        let ip = self.peers.get(peer).and_then(|p| ip_of(&p.address));
+        let peer_ok = self.peer_limits.allow(peer, now);
+        let ip_ok = ip.is_none_or(|ip| self.ip_limits.allow(&ip, now));
+        peer_ok && ip_ok
     }
 
     fn publish_topology(&mut self) {
@@ -474,7 +620,15 @@ impl Node {
                     },
                 );
             }
-            ToNetwork::Ended { id } => self.work.retain(|_, w| w.id != id),
+            ToNetwork::Ended { id, known } => {
+                self.work.retain(|_, w| w.id != id);
+                if let Some((prompt, output)) = known {
+                    self.tickets.add(prompt, output);
+                }
+            }
+            ToNetwork::Credit { scout, tokens } => {
+                *self.credits.entry(scout).or_insert(0) += tokens;
+            }
         }
     }
 
@@ -510,6 +664,11 @@ impl Node {
                             connected_at: Instant::now(),
                         },
                     );
+                }
+                if self.is_banned(&peer_id) {
+                    tracing::info!(%peer_id, "banned peer connected: closing");
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
                 }
                 if endpoint.is_dialer() {
                     // We dialled (a bootstrap oracle): we send the handshake.
@@ -613,8 +772,24 @@ impl Node {
                 ..
             }) => self.round_answer(peer, request_id, response),
             OracleBehaviourEvent::Verify(Rr::OutboundFailure {
-                request_id, error, ..
+                peer,
+                request_id,
+                error,
+                ..
             }) => {
+                if let Some(session) = self.golden_rounds.remove(&request_id) {
+                    // No answer in time, or a refusal to answer, fails the
+                    // ticket; a connection that went away scores nothing.
+                    if matches!(
+                        error,
+                        request_response::OutboundFailure::Timeout
+                            | request_response::OutboundFailure::Io(_)
+                    ) {
+                        self.golden_answer(peer, session, None);
+                    } else {
+                        self.golden.remove(&session);
+                    }
+                }
                 if let Some(round) = self.rounds.remove(&request_id) {
                     tracing::debug!(session = round.id, %error, "round failed: decoding alone");
                     self.engine.remote_drafts(round.id, round.round, None);
@@ -694,7 +869,22 @@ impl Node {
         request: pb::HandshakeMessage,
         channel: ResponseChannel<pb::HandshakeReply>,
     ) {
-        let reply = match net::check_handshake(&peer, &request) {
+        let banned_until = self
+            .config
+            .ledger
+            .get(&peer)
+            .map(|r| r.banned_until_ms)
+            .unwrap_or(0);
+        let verdict = if banned_until > now_ms() {
+            Err(net::HandshakeError::Banned {
+                until_ms: banned_until,
+            })
+        } else if !self.rate_ok(&peer) {
+            Err(net::HandshakeError::RateLimited)
+        } else {
+            net::check_handshake(&peer, &request)
+        };
+        let reply = match verdict {
             Ok(()) => {
                 self.handshake_done(peer, &request);
                 pb::HandshakeReply {
@@ -744,6 +934,19 @@ impl Node {
             .peers
             .get(&peer)
             .is_some_and(|p| p.role == Some(pb::NodeType::Scout));
+        if !self.rate_ok(&peer) {
+            let response = refuse("UNAVAILABLE", "too many requests: slow down");
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .claim
+                .send_response(channel, response);
+            return;
+        }
+        if is_scout && self.golden_work.contains_key(&request.work_cid) {
+            self.claim_golden(peer, request, channel);
+            return;
+        }
         let work = self.work.get(&request.work_cid).map(|w| w.id);
         let response = if !is_scout {
             Some(refuse("PERMISSION_DENIED", "handshake as a scout first"))
@@ -780,12 +983,81 @@ impl Node {
         });
     }
 
+    /// Every scout that claims a golden ticket gets a run of its own.
+    fn claim_golden(
+        &mut self,
+        peer: PeerId,
+        request: pb::ClaimRequest,
+        channel: ResponseChannel<pb::ClaimResponse>,
+    ) {
+        let Some((ticket, _, claimed)) = self.golden_work.get_mut(&request.work_cid) else {
+            return;
+        };
+        if !claimed.insert(peer) {
+            let response = pb::ClaimResponse {
+                ack: Some(net::ack_error("ALREADY_EXISTS", "claimed already")),
+                ..Default::default()
+            };
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .claim
+                .send_response(channel, response);
+            return;
+        }
+        let ticket = ticket.clone();
+        self.golden_ids += 1;
+        let session = GOLDEN_SESSION_BASE + self.golden_ids;
+        let mut run = GoldenRun::new(ticket, request.work_cid, session);
+        let response = pb::ClaimResponse {
+            ack: Some(net::ack_ok()),
+            session_id: session,
+            context_tokens: run.prompt().to_vec(),
+            draft_k: run.k() as u32,
+            sampling: Some(params_to_wire(
+                &shared_model::sampling::SamplingParams::GREEDY,
+            )),
+            output_start: run.prompt().len() as u32,
+        };
+        let first = run.request(self.config.timeouts.request.as_millis() as u32);
+        self.golden.insert(session, (peer, run));
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .claim
+            .send_response(channel, response);
+        self.golden_step(session, Step::Next(first));
+    }
+
+    fn golden_answer(&mut self, peer: PeerId, session: u64, result: Option<pb::WorkResult>) {
+        let key = self.peers.get(&peer).and_then(|p| p.key.clone());
+        let deadline = self.config.timeouts.request.as_millis() as u32;
+        let Some((owner, run)) = self.golden.get_mut(&session) else {
+            return;
+        };
+        let step = match result {
+            Some(r)
+                if *owner == peer
+                    && r.session_id == session
+                    && key.is_some_and(|k| r.verify_signature(&k).is_ok()) =>
+            {
+                run.answer(&r.token_ids, deadline)
+            }
+            _ => run.failed(),
+        };
+        self.golden_step(session, step);
+    }
+
     fn round_answer(
         &mut self,
         peer: PeerId,
         request_id: OutboundRequestId,
         result: pb::WorkResult,
     ) {
+        if let Some(session) = self.golden_rounds.remove(&request_id) {
+            self.golden_answer(peer, session, Some(result));
+            return;
+        }
         let Some(round) = self.rounds.remove(&request_id) else {
             return;
         };
@@ -802,6 +1074,10 @@ impl Node {
         } else {
             tracing::info!(%peer, session = round.id, "drafts refused (signature or fields do not match)");
             self.engine.remote_drafts(round.id, round.round, None);
+            if let Err(e) = self.config.ledger.update(&peer, |r, _| r.bad_results += 1) {
+                tracing::error!(error = %e, "cannot record a bad result");
+            }
+            self.check(peer, false);
         }
     }
 
@@ -809,6 +1085,9 @@ impl Node {
         let Some(source) = message.source else {
             return MessageAcceptance::Reject;
         };
+        if !self.gossip_limits.allow(&source, now_ms()) {
+            return MessageAcceptance::Ignore;
+        }
         let skew = self.config.timeouts.max_clock_skew.as_millis() as u64;
         let now = now_ms();
         let topic = message.topic.as_str();
@@ -852,6 +1131,14 @@ fn granted(id: SessionId, grant: ClaimGrant) -> pb::ClaimResponse {
         draft_k: grant.k.clamp(1, 16) as u32,
         sampling: Some(params_to_wire(&grant.params)),
         output_start: grant.output_start as u32,
+    }
+}
+
+fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    match addr.iter().next()? {
+        Protocol::Ip4(ip) => Some(ip.into()),
+        Protocol::Ip6(ip) => Some(ip.into()),
+        _ => None,
     }
 }
 
