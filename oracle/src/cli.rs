@@ -62,6 +62,25 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Draft for an oracle over the network until SIGINT/SIGTERM.
     Scout(crate::scout::ScoutArgs),
+    /// Make a network key (for tests and single-operator networks): it
+    /// certifies oracles, whose results others then accept.
+    NetworkKey {
+        /// Where to write the key (mode 0600); refuses to overwrite one.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Certify this data dir's oracle key with a network key.
+    Certify {
+        /// The network key file (`oracle network-key`).
+        #[arg(long)]
+        network_key: PathBuf,
+        /// The oracle's data dir [default: as `oracle serve`].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+    },
 }
 
 #[derive(clap::Args)]
@@ -179,11 +198,62 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging(config.log_format);
             with_backend!(config.backend, |device: B| serve::run::<B>(config, &device))
         }
+        Command::NetworkKey { out } => {
+            ensure!(
+                !out.exists(),
+                "{} exists: not overwriting a network key",
+                out.display()
+            );
+            let key = shared_proto::Keypair::generate_ed25519();
+            let bytes = key.to_protobuf_encoding()?;
+            crate::p2p::identity::write_private(&out, &bytes)?;
+            println!("network key written to {}", out.display());
+            println!("network public key: {}", key.public().to_peer_id());
+            Ok(())
+        }
+        Command::Certify {
+            network_key,
+            data_dir,
+            days,
+        } => certify(&network_key, data_dir, days),
         Command::Scout(args) => {
             init_logging(serve::LogFormat::Text);
             crate::scout::run(args)
         }
     }
+}
+
+fn certify(network_key: &Path, data_dir: Option<PathBuf>, days: u64) -> anyhow::Result<()> {
+    use prost::Message as _;
+    ensure!(
+        (1..=3650).contains(&days),
+        "--days must be between 1 and 3650"
+    );
+    let bytes = std::fs::read(network_key)
+        .with_context(|| format!("cannot read {}", network_key.display()))?;
+    let network = shared_proto::Keypair::from_protobuf_encoding(&bytes)
+        .with_context(|| format!("{} is not a key", network_key.display()))?;
+    let dir = data_dir.unwrap_or_else(serve::default_data_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let oracle = crate::p2p::identity::load_or_create_key(&dir)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let cert = shared_proto::pb::OracleCertificate::issue(
+        &network,
+        &oracle.public(),
+        now.saturating_sub(60_000),
+        now + days * 86_400_000,
+    )?;
+    let path = dir.join(serve::CERTIFICATE_FILE);
+    crate::p2p::identity::write_private(&path, &cert.encode_to_vec())?;
+    println!(
+        "certified oracle {} with network key {} for {days} days: {}",
+        oracle.public().to_peer_id(),
+        network.public().to_peer_id(),
+        path.display()
+    );
+    Ok(())
 }
 
 fn open(model: &Path) -> anyhow::Result<Gguf<std::fs::File>> {

@@ -198,8 +198,10 @@ pub enum ToNetwork {
     Ended {
         /// The session.
         id: SessionId,
-        /// For a finished greedy session: its prompt and verified output.
-        known: Option<(Vec<u32>, Vec<u32>)>,
+        /// For a session that finished: its prompt and verified output.
+        finished: Option<(Vec<u32>, Vec<u32>)>,
+        /// Whether the output may serve as a golden ticket (greedy, ran its course).
+        golden: bool,
     },
 }
 
@@ -748,18 +750,26 @@ impl<B: Backend> Engine<B> {
                 self.caches.remove(&id);
                 self.remote.remove(&id);
                 if let Some(network) = &self.network {
-                    // A greedy answer that ran its course is a known
-                    // continuation: a golden ticket for checking scouts.
-                    let known = (params.is_greedy()
+                    // A finished answer is published as a result; a greedy
+                    // one that ran its course is also a known continuation:
+                    // a golden ticket for checking scouts.
+                    let done = matches!(finish, Finish::Stopped(_) | Finish::StopString)
+                        && stats.prompt_tokens <= context.len();
+                    let finished = done.then(|| {
+                        (
+                            context[..stats.prompt_tokens].to_vec(),
+                            context[stats.prompt_tokens..].to_vec(),
+                        )
+                    });
+                    let golden = done
+                        && params.is_greedy()
                         && matches!(finish, Finish::Stopped(_))
-                        && stats.generated_tokens >= 8)
-                        .then(|| {
-                            (
-                                context[..stats.prompt_tokens].to_vec(),
-                                context[stats.prompt_tokens..].to_vec(),
-                            )
-                        });
-                    let _ = network.try_send(ToNetwork::Ended { id, known });
+                        && stats.generated_tokens >= 8;
+                    let _ = network.try_send(ToNetwork::Ended {
+                        id,
+                        finished,
+                        golden,
+                    });
                 }
                 let reason = finish.reason();
                 self.metrics

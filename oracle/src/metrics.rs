@@ -37,6 +37,13 @@ pub struct ScoutLabels {
     pub scout: String,
 }
 
+/// Whether a received message passed validation.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ValidLabels {
+    /// Passed.
+    pub valid: bool,
+}
+
 /// Every metric the oracle exports.
 pub struct Metrics {
     registry: Registry,
@@ -82,6 +89,10 @@ pub struct Metrics {
     pub round_latency: Histogram,
     /// Peers banned.
     pub bans: Counter,
+    /// Results this oracle published on `shard-work-result`.
+    pub results_published: Counter,
+    /// Results received on `shard-work-result`, by validity.
+    pub results_received: Family<ValidLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -117,6 +128,8 @@ impl Metrics {
             scout_drafts_accepted: Family::default(),
             round_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             bans: Counter::default(),
+            results_published: Counter::default(),
+            results_received: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -220,6 +233,16 @@ impl Metrics {
             m.round_latency.clone(),
         );
         registry.register("shard_bans", "Peers banned", m.bans.clone());
+        registry.register(
+            "shard_results_published",
+            "Signed results published on shard-work-result",
+            m.results_published.clone(),
+        );
+        registry.register(
+            "shard_results_received",
+            "Results received on shard-work-result, by validity",
+            m.results_received.clone(),
+        );
         Metrics { registry, ..m }
     }
 

@@ -539,6 +539,7 @@ pub fn start_network(config: &ServeConfig, server: &mut Server) -> anyhow::Resul
     };
     let scout_model_cid = scout_wasm::native::model_cid_of_file(&p2p.scout_model)
         .with_context(|| format!("cannot read the scout model {}", p2p.scout_model.display()))?;
+    let certificate = load_certificate(&config.data_dir)?;
     let ledger_path = config.data_dir.join("trust.redb");
     let ledger = Arc::new(
         Ledger::open(&ledger_path, TrustPolicy::default())
@@ -556,6 +557,10 @@ pub fn start_network(config: &ServeConfig, server: &mut Server) -> anyhow::Resul
         work_ttl_s: 60,
         golden_interval: p2p.golden_interval,
         ledger,
+        certificate: certificate.clone(),
+        network_key: certificate
+            .as_ref()
+            .and_then(|c| shared_proto::PublicKey::try_decode_protobuf(&c.network_public_key).ok()),
     };
     p2p::start(
         net,
@@ -565,6 +570,39 @@ pub fn start_network(config: &ServeConfig, server: &mut Server) -> anyhow::Resul
         server.state.network.clone(),
     )?;
     Ok(())
+}
+
+/// File name of the oracle's certificate in the data dir (`oracle certify`).
+pub const CERTIFICATE_FILE: &str = "oracle.cert";
+
+/// The oracle's certificate, if `oracle certify` made one for this data dir's
+/// key; an invalid or foreign one is an error, not silently ignored.
+fn load_certificate(dir: &Path) -> anyhow::Result<Option<shared_proto::pb::OracleCertificate>> {
+    use prost::Message as _;
+    let path = dir.join(CERTIFICATE_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let cert = shared_proto::pb::OracleCertificate::decode(bytes.as_slice())
+        .with_context(|| format!("{} is not a certificate", path.display()))?;
+    let network = shared_proto::PublicKey::try_decode_protobuf(&cert.network_public_key)
+        .with_context(|| format!("{} has a malformed network key", path.display()))?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let oracle = cert
+        .verify(&network, now)
+        .with_context(|| format!("{} does not verify", path.display()))?;
+    let key = crate::p2p::identity::load_or_create_key(dir)?;
+    ensure!(
+        oracle == key.public(),
+        "{} certifies another key than this data dir's node key; run `oracle certify` again",
+        path.display()
+    );
+    tracing::info!(network_key = %network.to_peer_id(), "certified oracle: results will be published");
+    Ok(Some(cert))
 }
 
 /// Runs the server until SIGINT/SIGTERM.

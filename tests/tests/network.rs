@@ -359,3 +359,51 @@ fn misbehaving_scouts_are_banned_by_golden_tickets_and_stay_banned_after_a_resta
     assert_eq!(record(&addr, &bad[0])["banned"], true);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn certified_results_reach_a_subscriber_that_verifies_them() {
+    let dir = temp_dir("results");
+    let network_key = dir.join("network.key");
+    let run = |args: &[&str]| {
+        let out = Command::new(oracle_bin()).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&["network-key", "--out", network_key.to_str().unwrap()]);
+    let (a_dir, b_dir) = (dir.join("a"), dir.join("b"));
+    for d in [&a_dir, &b_dir] {
+        let printed = run(&[
+            "certify",
+            "--network-key",
+            network_key.to_str().unwrap(),
+            "--data-dir",
+            d.to_str().unwrap(),
+        ]);
+        assert!(printed.contains("certified oracle"), "{printed}");
+    }
+    let (_a, a_addr, a_p2p) = start_oracle(&a_dir, &[]);
+    let tcp = a_p2p.iter().find(|a| a.contains("/tcp/")).unwrap().clone();
+    let (_b, b_addr, _) = start_oracle(&b_dir, &["--bootstrap", &tcp]);
+    wait_for("the oracles to meet", Duration::from_secs(60), || {
+        json_of(&a_addr, "/api/peers")
+            .to_string()
+            .contains("\"oracle\"")
+    });
+    // Gossip meshes form on heartbeats: keep answering until B has seen a result.
+    wait_for(
+        "a verified result at the subscriber",
+        Duration::from_secs(90),
+        || {
+            complete(&a_addr, PROMPTS[0], 4);
+            let metrics = http(&b_addr, "GET", "/metrics", None).1;
+            metric_sum(&metrics, "shard_results_received_total{valid=\"true\"}") >= 1.0
+        },
+    );
+    let metrics = http(&a_addr, "GET", "/metrics", None).1;
+    assert!(metric_sum(&metrics, "shard_results_published_total") >= 1.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

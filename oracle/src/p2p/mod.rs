@@ -13,6 +13,7 @@ mod behaviour;
 mod golden;
 pub mod identity;
 mod node;
+pub mod results;
 
 pub use behaviour::{KAD_PROTOCOL, OracleBehaviour};
 pub use node::{NetConfig, NetError, NetStatus, NetView, PeerView, start};

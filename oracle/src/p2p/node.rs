@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use super::behaviour::{OracleBehaviour, OracleBehaviourEvent};
 use super::golden::{GoldenRun, Step, Ticket, TicketBook};
 use super::identity::{self, IdentityError};
+use super::results;
 use crate::engine::{ClaimGrant, EngineHandle, ToNetwork};
 use crate::metrics::Metrics;
 use crate::scheduler::SessionId;
@@ -54,6 +55,11 @@ pub struct NetConfig {
     pub golden_interval: Duration,
     /// Reputation, credits and bans.
     pub ledger: Arc<Ledger>,
+    /// Our certificate from the network key, if we have one: results are
+    /// published only with it.
+    pub certificate: Option<pb::OracleCertificate>,
+    /// The network key whose certificates we accept on results.
+    pub network_key: Option<PublicKey>,
 }
 
 /// A peer as `/api/peers` shows it.
@@ -358,6 +364,28 @@ impl Node {
         }
     }
 
+    /// Publishes a finished session's output on `shard-work-result`, when
+    /// this oracle holds a certificate.
+    fn publish_result(&mut self, id: SessionId, prompt: &[u32], output: Vec<u32>) {
+        let Some(cert) = self.config.certificate.clone() else {
+            return;
+        };
+        let mut seed = self.peer_id.to_bytes();
+        seed.extend_from_slice(&id.to_le_bytes());
+        seed.extend_from_slice(&now_ms().to_le_bytes());
+        for t in prompt {
+            seed.extend_from_slice(&t.to_le_bytes());
+        }
+        let work_cid = shared_proto::ContentId::digest(&seed).to_bytes();
+        match results::sign_result(&self.key, &cert, work_cid, output, now_ms()) {
+            Ok(broadcast) => {
+                self.publish(WORK_RESULT_TOPIC, &broadcast);
+                self.metrics.results_published.inc();
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot sign a result"),
+        }
+    }
+
     /// Offers a golden ticket as ordinary work, when there are scouts.
     fn announce_golden(&mut self) {
         let scouts = self
@@ -620,10 +648,17 @@ impl Node {
                     },
                 );
             }
-            ToNetwork::Ended { id, known } => {
+            ToNetwork::Ended {
+                id,
+                finished,
+                golden,
+            } => {
                 self.work.retain(|_, w| w.id != id);
-                if let Some((prompt, output)) = known {
-                    self.tickets.add(prompt, output);
+                if let Some((prompt, output)) = finished {
+                    self.publish_result(id, &prompt, output.clone());
+                    if golden {
+                        self.tickets.add(prompt, output);
+                    }
                 }
             }
             ToNetwork::Credit { scout, tokens } => {
@@ -709,7 +744,7 @@ impl Node {
             &[HANDSHAKE_PROTOCOL, CLAIM_PROTOCOL, VERIFY_PROTOCOL],
             Some(net::local_hardware()),
             vec![self.config.scout_model_cid.clone()],
-            None,
+            self.config.certificate.clone(),
         )
     }
 
@@ -1113,10 +1148,31 @@ impl Node {
                 Err(_) => MessageAcceptance::Ignore,
             }
         } else if topic == WORK_RESULT_TOPIC {
-            // Results are accepted only with an oracle certificate from the
-            // network key; until a network key is configured, none are.
-            let _ = source;
-            MessageAcceptance::Ignore
+            // Only results certified by the network key pass.
+            let network_key = self.config.network_key.clone();
+            let verdict = results::check_result(
+                &message.data,
+                &source,
+                network_key.as_ref(),
+                now,
+                skew,
+                &mut self.replay,
+            );
+            let valid = verdict.is_ok();
+            self.metrics
+                .results_received
+                .get_or_create(&crate::metrics::ValidLabels { valid })
+                .inc();
+            match verdict {
+                Ok(_) => MessageAcceptance::Accept,
+                Err(results::ResultError::Replayed | results::ResultError::Stale(_)) => {
+                    MessageAcceptance::Ignore
+                }
+                Err(e) => {
+                    tracing::info!(%source, error = %e, "result refused");
+                    MessageAcceptance::Reject
+                }
+            }
         } else {
             MessageAcceptance::Reject
         }
