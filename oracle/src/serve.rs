@@ -627,14 +627,15 @@ pub fn run<B: Backend>(config: ServeConfig, device: &B::Device) -> anyhow::Resul
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        start_network(&config, &mut server)?;
         let listener = tokio::net::TcpListener::bind(config.http)
             .await
             .with_context(|| format!("cannot listen on {}", config.http))?;
         let addr = listener.local_addr()?;
         tracing::info!(%addr, "serving: http://{addr}/ (OpenAI API at http://{addr}/v1)");
-        // Print the address on stdout too: tools that start us read it.
+        // Print the address on stdout too, first: tools that start us read it.
         println!("listening on http://{addr}");
+        // Then the p2p node, which prints its own addresses.
+        start_network(&config, &mut server)?;
         let engine = server.state.engine.clone();
         let grace = config.shutdown_grace;
         let shutdown = async move {

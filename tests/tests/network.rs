@@ -15,6 +15,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+/// The tests here each start an oracle and scouts (model-running processes):
+/// one at a time, so they do not starve each other of the machine's cores.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The `oracle` binary cargo built beside this test.
 fn oracle_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
@@ -211,6 +218,7 @@ const PROMPTS: [&str; 4] = [
 
 #[test]
 fn scouts_draft_over_tcp_and_webrtc_and_outputs_equal_the_target_alone() {
+    let _serial = one_at_a_time();
     let dir = temp_dir("oracle");
     let (_oracle, addr, p2p) = start_oracle(&dir, &[]);
     let tcp = p2p.iter().find(|a| a.contains("/tcp/")).unwrap().clone();
@@ -306,6 +314,7 @@ fn peer_id_in(dir: &std::path::Path) -> String {
 
 #[test]
 fn misbehaving_scouts_are_banned_by_golden_tickets_and_stay_banned_after_a_restart() {
+    let _serial = one_at_a_time();
     let dir = temp_dir("trust");
     let fast_tickets = ["--golden-interval-s", "0.5"];
     let (oracle, addr, p2p) = start_oracle(&dir, &fast_tickets);
@@ -362,6 +371,7 @@ fn misbehaving_scouts_are_banned_by_golden_tickets_and_stay_banned_after_a_resta
 
 #[test]
 fn certified_results_reach_a_subscriber_that_verifies_them() {
+    let _serial = one_at_a_time();
     let dir = temp_dir("results");
     let network_key = dir.join("network.key");
     let run = |args: &[&str]| {
@@ -406,4 +416,292 @@ fn certified_results_reach_a_subscriber_that_verifies_them() {
     let metrics = http(&a_addr, "GET", "/metrics", None).1;
     assert!(metric_sum(&metrics, "shard_results_published_total") >= 1.0);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+mod hostile {
+    //! A libp2p peer in this process that writes raw bytes on Shard's
+    //! protocols: oversized and malformed frames, and a flood of claims.
+
+    use std::io;
+    use std::time::Duration;
+
+    use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
+    use libp2p::request_response::{self, Codec, ProtocolSupport};
+    use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+    use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, noise, tcp, yamux};
+    use shared_proto::Keypair;
+    use shared_proto::protocol::{CLAIM_PROTOCOL, HANDSHAKE_PROTOCOL};
+
+    /// Writes requests as given, reads answers whole (at most 1 MiB).
+    #[derive(Clone, Default)]
+    pub(super) struct RawCodec;
+
+    impl Codec for RawCodec {
+        type Protocol = StreamProtocol;
+        type Request = Vec<u8>;
+        type Response = Vec<u8>;
+
+        async fn read_request<T: AsyncRead + Unpin + Send>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+        ) -> io::Result<Vec<u8>> {
+            let mut out = Vec::new();
+            io.take(1 << 20).read_to_end(&mut out).await?;
+            Ok(out)
+        }
+
+        async fn read_response<T: AsyncRead + Unpin + Send>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+        ) -> io::Result<Vec<u8>> {
+            let mut out = Vec::new();
+            io.take(1 << 20).read_to_end(&mut out).await?;
+            if out.is_empty() {
+                // The stream closed without an answer.
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            Ok(out)
+        }
+
+        async fn write_request<T: AsyncWrite + Unpin + Send>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+            req: Vec<u8>,
+        ) -> io::Result<()> {
+            io.write_all(&req).await?;
+            io.close().await
+        }
+
+        async fn write_response<T: AsyncWrite + Unpin + Send>(
+            &mut self,
+            _: &StreamProtocol,
+            io: &mut T,
+            res: Vec<u8>,
+        ) -> io::Result<()> {
+            io.write_all(&res).await?;
+            io.close().await
+        }
+    }
+
+    type Raw = request_response::Behaviour<RawCodec>;
+
+    #[derive(NetworkBehaviour)]
+    pub(super) struct Hostile {
+        pub(super) handshake: Raw,
+        pub(super) claim: Raw,
+    }
+
+    fn raw(protocol: StreamProtocol) -> Raw {
+        request_response::Behaviour::with_codec(
+            RawCodec,
+            [(protocol, ProtocolSupport::Outbound)],
+            request_response::Config::default()
+                .with_request_timeout(Duration::from_secs(10))
+                .with_max_concurrent_streams(1024),
+        )
+    }
+
+    pub(super) fn swarm(key: &Keypair) -> Swarm<Hostile> {
+        libp2p::SwarmBuilder::with_existing_identity(key.clone())
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .unwrap()
+            .with_behaviour(|_| Hostile {
+                handshake: raw(HANDSHAKE_PROTOCOL),
+                claim: raw(CLAIM_PROTOCOL),
+            })
+            .unwrap()
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build()
+    }
+
+    /// Connects if needed; `false` when the oracle refuses the connection.
+    pub(super) async fn connect(
+        swarm: &mut Swarm<Hostile>,
+        oracle: &PeerId,
+        addr: &Multiaddr,
+    ) -> bool {
+        if swarm.is_connected(oracle) {
+            return true;
+        }
+        swarm.dial(addr.clone()).unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), swarm.select_next_some()).await {
+                Ok(SwarmEvent::ConnectionEstablished { .. }) => return true,
+                Ok(SwarmEvent::OutgoingConnectionError { .. }) | Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Sends each request on the handshake (`claim == false`) or claim
+    /// protocol; returns the answers (`None`: none came) and whether the
+    /// oracle closed the connection.
+    pub(super) async fn send(
+        swarm: &mut Swarm<Hostile>,
+        oracle: &PeerId,
+        claim: bool,
+        requests: Vec<Vec<u8>>,
+        expect_close: bool,
+    ) -> (Vec<Option<Vec<u8>>>, bool) {
+        let ids: Vec<_> = requests
+            .into_iter()
+            .map(|r| {
+                if claim {
+                    swarm.behaviour_mut().claim.send_request(oracle, r)
+                } else {
+                    swarm.behaviour_mut().handshake.send_request(oracle, r)
+                }
+            })
+            .collect();
+        let mut answers: Vec<Option<Vec<u8>>> = vec![None; ids.len()];
+        let mut open = ids.len();
+        let mut closed = false;
+        while open > 0 || (expect_close && !closed) {
+            let event =
+                match tokio::time::timeout(Duration::from_secs(15), swarm.select_next_some()).await
+                {
+                    Ok(e) => e,
+                    Err(_) => break,
+                };
+            let (request_id, response) = match event {
+                SwarmEvent::ConnectionClosed {
+                    num_established: 0, ..
+                } => {
+                    closed = true;
+                    continue;
+                }
+                SwarmEvent::Behaviour(HostileEvent::Handshake(e) | HostileEvent::Claim(e)) => {
+                    match e {
+                        request_response::Event::Message {
+                            message:
+                                request_response::Message::Response {
+                                    request_id,
+                                    response,
+                                },
+                            ..
+                        } => (request_id, Some(response)),
+                        request_response::Event::OutboundFailure { request_id, .. } => {
+                            (request_id, None)
+                        }
+                        _ => continue,
+                    }
+                }
+                _ => continue,
+            };
+            if let Some(i) = ids.iter().position(|x| *x == request_id) {
+                answers[i] = response;
+                open -= 1;
+            }
+        }
+        (answers, closed)
+    }
+}
+
+#[test]
+fn hostile_frames_and_floods_harm_no_one_else() {
+    let _serial = one_at_a_time();
+    let dir = temp_dir("hostile");
+    let (_oracle, addr, p2p) = start_oracle(&dir, &[]);
+    let tcp = p2p.iter().find(|a| a.contains("/tcp/")).unwrap().clone();
+    let _honest = start_scout(&tcp, &dir.join("honest"), &[]);
+    wait_for("the honest scout", Duration::from_secs(60), || {
+        json_of(&addr, "/api/status")["scouts_connected"] == 1
+    });
+    let oracle_addr: libp2p::Multiaddr = tcp.parse().unwrap();
+    let oracle = match oracle_addr.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(p)) => p,
+        _ => unreachable!(),
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let key = shared_proto::Keypair::generate_ed25519();
+    let mut swarm = runtime.block_on(async { hostile::swarm(&key) });
+
+    // An oversized frame (a length prefix of 2 MiB) and a malformed one: the
+    // oracle answers nothing and closes the connection.
+    let mut oversized = Vec::new();
+    shared_proto::frame::encode_varint(2 << 20, &mut oversized);
+    oversized.extend(vec![0u8; 4096]);
+    let malformed = vec![5u8, 0xff, 0xff, 0xff, 0xff, 0xff];
+    for junk in [oversized, malformed] {
+        let (answers, closed) = runtime.block_on(async {
+            assert!(hostile::connect(&mut swarm, &oracle, &oracle_addr).await);
+            hostile::send(&mut swarm, &oracle, false, vec![junk], true).await
+        });
+        assert_eq!(answers, [None]);
+        assert!(closed, "the oracle keeps a peer that sent junk");
+    }
+
+    // A proper handshake, then a flood of claims: the rate limits refuse most,
+    // while a client's request (served with the honest scout) goes on.
+    let hello =
+        scout_wasm::net::handshake_message(&key, pb_node_type_scout(), &[], None, vec![], None);
+    let expected = reference(PROMPTS[1], 24);
+    let answer = std::thread::scope(|s| {
+        let client = s.spawn(|| complete(&addr, PROMPTS[1], 24));
+        let passed = runtime.block_on(async {
+            assert!(hostile::connect(&mut swarm, &oracle, &oracle_addr).await);
+            let (answers, _) = hostile::send(
+                &mut swarm,
+                &oracle,
+                false,
+                vec![shared_proto::frame::encode(&hello).unwrap()],
+                false,
+            )
+            .await;
+            assert!(answers[0].is_some(), "a valid handshake is answered");
+            let claims: Vec<Vec<u8>> = (0..200u32)
+                .map(|i| {
+                    let request = shared_proto::pb::ClaimRequest {
+                        work_cid: shared_proto::ContentId::digest(&i.to_le_bytes()).to_bytes(),
+                        model_cid: shared_proto::ContentId::digest(b"m").to_bytes(),
+                    };
+                    shared_proto::frame::encode(&request).unwrap()
+                })
+                .collect();
+            let (answers, _) = hostile::send(&mut swarm, &oracle, true, claims, false).await;
+            // Claims the limits let through: answered with anything but
+            // UNAVAILABLE (streams over the per-connection cap get no answer).
+            answers
+                .iter()
+                .flatten()
+                .filter_map(|a| {
+                    shared_proto::frame::decode::<shared_proto::pb::ClaimResponse>(a).ok()
+                })
+                .filter(|r| {
+                    let code = r
+                        .ack
+                        .as_ref()
+                        .and_then(|a| a.errors.first())
+                        .map(|e| e.code.as_str());
+                    code != Some("UNAVAILABLE")
+                })
+                .count()
+        });
+        (client.join().unwrap(), passed)
+    });
+    assert_eq!(answer.0, expected, "the client's answer is unharmed");
+    // Burst 20, then 1 a second: little more than the burst gets through.
+    assert!(
+        answer.1 <= 30,
+        "{} of 200 flooded claims got past the limits",
+        answer.1
+    );
+    assert_eq!(http(&addr, "GET", "/health", None).0, 200);
+    // The honest scout is still there (the flooder, which handshook as a
+    // scout, may be too: it was throttled, not banned).
+    let peers = json_of(&addr, "/api/peers").to_string();
+    assert!(peers.contains(&peer_id_in(&dir.join("honest"))), "{peers}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn pb_node_type_scout() -> shared_proto::pb::NodeType {
+    shared_proto::pb::NodeType::Scout
 }
