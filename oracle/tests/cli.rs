@@ -316,6 +316,19 @@ fn serve_refuses_bad_configuration_clearly() {
             "cannot read the config file",
         ),
         (vec!["--model=/nonexistent/model.gguf"], "scripts/setup.sh"),
+        (vec!["--p2p-listen", "nonsense"], "is not a multiaddr"),
+        (vec!["--golden-interval-s", "0"], "--golden-interval-s"),
+        (
+            vec![
+                "--p2p-listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--bootstrap",
+                "/ip4/127.0.0.1/tcp/1",
+                "--data-dir",
+                dir.to_str().unwrap(),
+            ],
+            "does not end in /p2p/",
+        ),
     ] {
         let mut full = vec!["serve", "--http", "127.0.0.1:0"];
         if !args[0].starts_with("--model") {
@@ -360,4 +373,44 @@ fn asking_for_a_backend_that_was_not_built_in_is_a_clear_error() {
         assert_eq!(out.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&out.stderr).contains("--features cuda"));
     }
+}
+
+#[test]
+fn network_commands_refuse_bad_input_clearly() {
+    let dir = std::env::temp_dir().join(format!("shard-net-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let garbage = dir.join("garbage.key");
+    std::fs::write(&garbage, b"not a key").unwrap();
+    let m = model();
+    let m = m.to_str().unwrap();
+    let d = dir.to_str().unwrap();
+    let g = garbage.to_str().unwrap();
+    for (args, needle) in [
+        (vec!["scout", "--connect", "nonsense"], "is not a multiaddr"),
+        (
+            vec![
+                "scout",
+                "--connect",
+                "/ip4/127.0.0.1/tcp/1",
+                "--draft-model",
+                m,
+                "--draft-layers",
+                "1",
+                "--data-dir",
+                d,
+            ],
+            "does not end in /p2p/",
+        ),
+        (
+            vec!["certify", "--network-key", g, "--data-dir", d],
+            "is not a key",
+        ),
+        (vec!["network-key", "--out", g], "not overwriting"),
+    ] {
+        let out = oracle(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }
