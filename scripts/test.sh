@@ -4,10 +4,11 @@
 #   scripts/test.sh
 #
 # In order: setup (scripts/setup.sh), formatting, clippy with warnings as errors
-# (native and wasm32), the Rust tests of the whole workspace (the model tests run the
-# real default model), the OpenAI Python SDK against a real `oracle serve`, the wasm32 builds (shared-proto, shared-model on WebGPU, the
-# web app through trunk), the CUDA feature's compile check, the fuzz target, the
-# setup's own model check, and the browser tests. Stops at the first failure.
+# (native; wasm32 for shared-proto, shared-model and scout-wasm on WebGPU), the Rust
+# tests of the whole workspace (the model tests run the real default model), the OpenAI
+# Python SDK against a real `oracle serve`, the CUDA feature's compile check, the web
+# app through trunk, the fuzz target, the setup's own model check, and the browser
+# tests. Stops at the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/setup.sh
@@ -61,9 +62,12 @@ fuzz_smoke() {
 step "setup" setup_main all
 step "cargo fmt --check" cargo fmt --all -- --check
 step "cargo clippy (native, -D warnings)" cargo clippy --locked --workspace --all-targets -- -D warnings
-# wasm32 clippy covers the protocol crate; shared-model's wasm32 build (below) compiles
-# burn's WebGPU stack once rather than twice.
-step "cargo clippy (wasm32, -D warnings)" scripts/wasm-cargo clippy --locked -p shared-proto -- -D warnings
+# The wasm32 crates are libraries (no linking), so clippy proves they build for the
+# browser without LLVM's codegen of burn's WebGPU stack; the web app's trunk build
+# (below) is the real wasm32 compile and link.
+step "cargo clippy (wasm32: shared-proto; shared-model and scout-wasm on WebGPU; -D warnings)" \
+    scripts/wasm-cargo clippy --locked -p shared-proto -p shared-model -p scout-wasm \
+    --no-default-features --features shared-model/webgpu -- -D warnings
 RESULTS="$(mktemp)"
 trap 'rm -f "$RESULTS"' EXIT
 cargo_tests() {
@@ -104,7 +108,6 @@ openai_sdk_test() {
 
 step "cargo test" cargo_tests
 step "OpenAI Python SDK against oracle serve" openai_sdk_test
-step "wasm32 build (shared-proto; shared-model and scout-wasm on WebGPU)" scripts/wasm-cargo build --locked -p shared-proto -p shared-model -p scout-wasm --no-default-features --features shared-model/webgpu
 step "CUDA backend compiles (runs where a GPU is)" cargo check --locked -p oracle --features cuda
 step "web app build (trunk, offline)" env TRUNK_OFFLINE=true trunk build --config trunk.toml
 step "fuzz target" fuzz_smoke

@@ -62,6 +62,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Draft for an oracle over the network until SIGINT/SIGTERM.
     Scout(crate::scout::ScoutArgs),
+    /// Ask an oracle for one completion over p2p (as a leech) and print it.
+    Ask(crate::ask::AskArgs),
     /// Make a network key (for tests and single-operator networks): it
     /// certifies oracles, whose results others then accept.
     NetworkKey {
@@ -79,6 +81,17 @@ enum Command {
         data_dir: Option<PathBuf>,
         /// Days the certificate is valid.
         #[arg(long, default_value_t = 365)]
+        days: u64,
+    },
+    /// Print a credit token for a scout's key: send it as the `X-Shard-Credit`
+    /// header and your requests wait ahead of others' while your drafts have
+    /// earned credit at that oracle.
+    CreditToken {
+        /// The scout's data dir [default: as `oracle scout`].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Days the token is valid (it is a bearer credential: keep it short).
+        #[arg(long, default_value_t = 30)]
         days: u64,
     },
 }
@@ -216,6 +229,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             days,
         } => certify(&network_key, data_dir, days),
+        Command::CreditToken { data_dir, days } => credit_token(data_dir, days),
+        Command::Ask(args) => crate::ask::run(args),
         Command::Scout(args) => {
             init_logging(serve::LogFormat::Text);
             crate::scout::run(args)
@@ -253,6 +268,33 @@ fn certify(network_key: &Path, data_dir: Option<PathBuf>, days: u64) -> anyhow::
         network.public().to_peer_id(),
         path.display()
     );
+    Ok(())
+}
+
+fn credit_token(data_dir: Option<PathBuf>, days: u64) -> anyhow::Result<()> {
+    ensure!(
+        (1..=366).contains(&days),
+        "--days must be between 1 and 366"
+    );
+    let dir = data_dir.unwrap_or_else(|| serve::default_data_dir().join("scout"));
+    let path = dir.join(crate::p2p::identity::KEY_FILE);
+    // A new key would have no credit: only an existing scout key makes sense.
+    ensure!(
+        path.exists(),
+        "no scout key at {}: run `oracle scout --data-dir {}` first, or name the scout's --data-dir",
+        path.display(),
+        dir.display()
+    );
+    let key = crate::p2p::identity::load_or_create_key(&dir)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let token = shared_proto::credit::CreditToken::issue(&key, now + days * 86_400)?;
+    eprintln!(
+        "credit token for scout {} (valid {days} days); send it as `X-Shard-Credit: TOKEN`",
+        key.public().to_peer_id()
+    );
+    println!("{token}");
     Ok(())
 }
 

@@ -21,7 +21,7 @@ use shared_model::backend::Backend;
 use shared_model::draft::{Draft, DraftJob, DraftModel, DraftState};
 use shared_model::model::{BatchItem, KvCache, Llama, Logits};
 use shared_model::sampling::SamplingParams;
-use shared_model::session::{OutputToken, SessionStats};
+use shared_model::session::{OutputToken, Session, SessionStats};
 use shared_model::tokenizer::Tokenizer;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{broadcast, oneshot};
@@ -131,6 +131,7 @@ enum Command {
     Submit {
         id: SessionId,
         request: Box<Request>,
+        payer: Option<PeerId>,
         events: tokio::sync::mpsc::Sender<SessionEvent>,
         reply: oneshot::Sender<Result<(), Rejected>>,
     },
@@ -192,6 +193,13 @@ pub enum ToNetwork {
         /// The scout.
         scout: PeerId,
         /// Accepted drafted tokens.
+        tokens: u64,
+    },
+    /// A contributor's request generated `tokens`: take them off its credit.
+    Spend {
+        /// The contributor.
+        payer: PeerId,
+        /// Tokens generated for it.
         tokens: u64,
     },
     /// The session ended; forget its work ids.
@@ -276,7 +284,15 @@ impl Drop for SessionStream {
 
 impl EngineHandle {
     /// Starts a session. Waits only for the scheduler's yes or no.
-    pub async fn submit(&self, request: Request) -> Result<SessionStream, SubmitError> {
+    ///
+    /// `payer` is the contributor whose draft credit pays for the answer
+    /// (the caller checked it has some and set [`Priority::Contributor`]):
+    /// the tokens generated are taken off its credit when the session ends.
+    pub async fn submit(
+        &self,
+        request: Request,
+        payer: Option<PeerId>,
+    ) -> Result<SessionStream, SubmitError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let capacity = request.session.config().max_new_tokens + 2;
         let (events_tx, events) = tokio::sync::mpsc::channel(capacity);
@@ -285,6 +301,7 @@ impl EngineHandle {
             .try_send(Command::Submit {
                 id,
                 request: Box::new(request),
+                payer,
                 events: events_tx,
                 reply,
             })
@@ -411,6 +428,8 @@ pub fn start<B: Backend>(
 /// What the engine keeps per running session besides its caches.
 struct Live {
     events: tokio::sync::mpsc::Sender<SessionEvent>,
+    /// Whose credit pays for it.
+    payer: Option<PeerId>,
     submitted: Instant,
     last_token: Option<Instant>,
 }
@@ -448,6 +467,28 @@ struct Engine<B: Backend> {
     remote: HashMap<SessionId, Remote>,
     vocab_size: usize,
     announcements: u64,
+}
+
+/// Whether a scout can take `session` within the protocol's limits: the
+/// context it may reach fits `DraftRequest.context_len`, and the context it
+/// gets now fits one claim response frame.
+fn fits_a_claim(session: &Session) -> bool {
+    let c = session.config();
+    let remaining = c
+        .max_new_tokens
+        .saturating_sub(session.stats().generated_tokens);
+    let context_bytes: usize = session
+        .context()
+        .iter()
+        .map(|&t| varint_len(u64::from(t)))
+        .sum();
+    session.context().len() + remaining <= shared_proto::limits::MAX_CONTEXT_TOKENS
+        // The rest of a claim response is well under a KiB.
+        && context_bytes + 1024 <= shared_proto::WORK_RESPONSE_MAX_LEN
+}
+
+fn varint_len(v: u64) -> usize {
+    (64 - v.max(1).leading_zeros() as usize).div_ceil(7)
 }
 
 struct LocalRequest {
@@ -523,6 +564,10 @@ impl<B: Backend> Engine<B> {
         let Some(session) = self.scheduler.session(id) else {
             return;
         };
+        if !fits_a_claim(session) {
+            tracing::debug!(session = id, "too long for a scout's claim: not announced");
+            return;
+        }
         self.announcements += 1;
         // Unique per announcement: a re-announced session is new work to the
         // scouts' replay windows.
@@ -563,6 +608,9 @@ impl<B: Backend> Engine<B> {
             .scheduler
             .session(id)
             .ok_or_else(|| "the session is over".to_owned())?;
+        if !fits_a_claim(session) {
+            return Err("the session is too long for a claim".into());
+        }
         let grant = ClaimGrant {
             context: session.context().to_vec(),
             output_start: session.output_start(),
@@ -647,6 +695,7 @@ impl<B: Backend> Engine<B> {
             Command::Submit {
                 id,
                 request,
+                payer,
                 events,
                 reply,
             } => {
@@ -658,6 +707,7 @@ impl<B: Backend> Engine<B> {
                         id,
                         Live {
                             events,
+                            payer,
                             submitted: Instant::now(),
                             last_token: None,
                         },
@@ -795,6 +845,12 @@ impl<B: Backend> Engine<B> {
                     draft_tokens_accepted: stats.draft_tokens_accepted,
                 });
                 if let Some(live) = self.sessions.remove(&id) {
+                    if let (Some(payer), Some(network)) = (live.payer, &self.network) {
+                        let _ = network.try_send(ToNetwork::Spend {
+                            payer,
+                            tokens: stats.generated_tokens as u64,
+                        });
+                    }
                     let _ = live
                         .events
                         .try_send(SessionEvent::Finished { finish, stats });
@@ -1033,5 +1089,52 @@ impl<B: Backend> Engine<B> {
             .iter()
             .map(|item| flat.by_ref().take(item.feed.rows()).collect())
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use shared_model::session::{SamplingVerifier, SessionConfig};
+
+    fn session(prompt: Vec<u32>, max_new_tokens: usize) -> Session {
+        Session::new(
+            prompt,
+            SessionConfig {
+                params: SamplingParams::GREEDY,
+                verifier: SamplingVerifier::MatchTarget,
+                max_new_tokens,
+                stop_tokens: vec![],
+                max_context: 40_000,
+                top_logprobs: None,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn varints_are_measured_like_protobuf() {
+        for (v, len) in [
+            (0, 1),
+            (127, 1),
+            (128, 2),
+            (16_383, 2),
+            (16_384, 3),
+            ((1 << 21) - 1, 3),
+            (1 << 21, 4),
+        ] {
+            assert_eq!(varint_len(v), len, "{v}");
+        }
+    }
+
+    #[test]
+    fn sessions_too_long_for_the_protocol_are_not_offered_to_scouts() {
+        assert!(fits_a_claim(&session(vec![5; 100], 100)));
+        assert!(fits_a_claim(&session(vec![49_151; 16_000], 384)));
+        // It would outgrow what a DraftRequest may carry.
+        assert!(!fits_a_claim(&session(vec![5; 16_000], 385)));
+        // Its context fits in tokens but not in one claim frame.
+        assert!(!fits_a_claim(&session(vec![1 << 22; 16_300], 1)));
     }
 }

@@ -13,9 +13,12 @@
 //! - [`serve`]: `oracle serve`'s configuration and startup.
 //! - [`trust`]: reputation, golden-ticket checks, bans, credits, rate limits.
 //! - [`scout`]: `oracle scout`, a desktop scout (the logic is `scout-wasm`'s).
-//! - [`cli`]: the command line (`tokenize`, `generate`, `bench`, `serve`, `scout`).
+//! - [`ask`]: `oracle ask`, one completion over p2p as a leech.
+//! - [`cli`]: the command line (`tokenize`, `generate`, `bench`, `serve`, `scout`,
+//!   `ask`, `credit-token`, `network-key`, `certify`).
 #![deny(missing_docs)]
 
+pub mod ask;
 pub mod chat;
 pub mod cli;
 pub mod engine;

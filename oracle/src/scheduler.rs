@@ -11,7 +11,9 @@
 //! - **Admission**: sessions wait in a bounded queue and start in order while
 //!   there are free slots (`max_sessions`) and key/value-cache budget for the
 //!   positions they may need (prompt + `max_tokens`). A full queue is refused
-//!   with a retry-after, never an out-of-memory.
+//!   with a retry-after, never an out-of-memory. Requests of contributors
+//!   (scouts with draft credit, [`Priority::Contributor`]) wait ahead of
+//!   everyone else's, in order among themselves.
 //! - **Continuous batching**: every pass takes every ready session — decode
 //!   rounds first, then prompt chunks of at most `prefill_chunk` tokens in
 //!   what is left of `max_batch_tokens` — so a long prompt never stalls the
@@ -75,6 +77,19 @@ pub struct Request {
     pub session: Session,
     /// Strings that end the output (never emitted).
     pub stop_strings: Vec<String>,
+    /// Where it waits in the queue.
+    pub priority: Priority,
+}
+
+/// Where a request waits for a slot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    /// Anyone's request (a leech's).
+    #[default]
+    Normal,
+    /// A contributor's: a scout with draft credit. Waits ahead of every
+    /// `Normal` request, behind contributors who came first.
+    Contributor,
 }
 
 /// Why a request was refused.
@@ -238,6 +253,7 @@ struct Entry {
     round: u64,
     k: usize,
     draft: DraftState,
+    priority: Priority,
 }
 
 /// The scheduler; see the module docs.
@@ -311,18 +327,28 @@ impl Scheduler {
             });
         }
         let k = self.config.drafts.map_or(0, |d| d.k);
-        self.queue.push_back((
-            id,
-            Entry {
-                text: TextStream::new(request.stop_strings),
-                session: request.session,
-                held: Vec::new(),
-                reserved,
-                round: 0,
-                k,
-                draft: DraftState::Idle,
-            },
-        ));
+        // Behind every request of the same or a higher priority.
+        let at = self
+            .queue
+            .iter()
+            .position(|(_, e)| e.priority < request.priority)
+            .unwrap_or(self.queue.len());
+        self.queue.insert(
+            at,
+            (
+                id,
+                Entry {
+                    text: TextStream::new(request.stop_strings),
+                    session: request.session,
+                    held: Vec::new(),
+                    reserved,
+                    round: 0,
+                    k,
+                    draft: DraftState::Idle,
+                    priority: request.priority,
+                },
+            ),
+        );
         self.admit();
         Ok(())
     }
@@ -670,6 +696,7 @@ mod tests {
 
     fn session(prompt: Vec<u32>, max_new_tokens: usize) -> Request {
         Request {
+            priority: Priority::Normal,
             session: Session::new(
                 prompt,
                 SessionConfig {
@@ -749,6 +776,7 @@ mod tests {
         text: HashMap<SessionId, String>,
         tokens: HashMap<SessionId, Vec<u32>>,
         finished: HashMap<SessionId, Finish>,
+        started: Vec<SessionId>,
         draft_requests: Vec<(SessionId, u64, Vec<u32>, usize)>,
         passes: Vec<Pass>,
     }
@@ -758,6 +786,7 @@ mod tests {
             while let Some(out) = s.poll_output() {
                 match out {
                     Output::Started { id, .. } => {
+                        self.started.push(id);
                         self.caches.insert(id, Vec::new());
                     }
                     Output::DraftRequest {
@@ -894,6 +923,29 @@ mod tests {
         );
         while h.step(&mut s, now) {}
         assert_eq!(h.tokens[&2], alone_until_stop(&long, 5));
+    }
+
+    #[test]
+    fn contributors_wait_ahead_of_everyone_else_in_order() {
+        let mut c = config();
+        c.max_sessions = 1;
+        c.max_queue = 8;
+        let mut s = Scheduler::new(c, Arc::new(Letters));
+        let mut h = Harness::default();
+        let contributor = |prompt: Vec<u32>| Request {
+            priority: Priority::Contributor,
+            ..session(prompt, 2)
+        };
+        s.submit(1, session(vec![1], 2)).unwrap(); // runs at once
+        s.submit(2, session(vec![1], 2)).unwrap();
+        s.submit(3, session(vec![1], 2)).unwrap();
+        s.submit(4, contributor(vec![1])).unwrap();
+        s.submit(5, session(vec![1], 2)).unwrap();
+        s.submit(6, contributor(vec![1])).unwrap();
+        let now = Instant::now();
+        while h.step(&mut s, now) {}
+        // 1 was running; then the contributors in their order; then the rest in theirs.
+        assert_eq!(h.started, vec![1, 4, 6, 2, 3, 5]);
     }
 
     #[test]

@@ -41,9 +41,10 @@ pub struct ScoutArgs {
     /// Longest context drafted for, tokens.
     #[arg(long, default_value_t = 4096)]
     pub max_context: usize,
-    /// Misbehave on purpose (`garbage` drafts, `wrong-key` signatures) to see
-    /// the oracle's defences at work. For tests and demonstrations.
-    #[arg(long, hide = true, value_parser = ["garbage", "wrong-key"])]
+    /// Misbehave on purpose (`garbage` drafts, `wrong-key` signatures,
+    /// `replay` of old answers) to see the oracle's defences at work. For
+    /// tests and demonstrations.
+    #[arg(long, hide = true, value_parser = ["garbage", "wrong-key", "replay"])]
     pub misbehave: Option<String>,
 }
 
@@ -88,6 +89,7 @@ pub fn run(args: ScoutArgs) -> anyhow::Result<()> {
     let fault = match args.misbehave.as_deref() {
         Some("garbage") => Fault::Garbage,
         Some("wrong-key") => Fault::WrongKey,
+        Some("replay") => Fault::Replay,
         _ => Fault::None,
     };
     if fault != Fault::None {

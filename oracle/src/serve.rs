@@ -561,6 +561,8 @@ pub fn start_network(config: &ServeConfig, server: &mut Server) -> anyhow::Resul
         network_key: certificate
             .as_ref()
             .and_then(|c| shared_proto::PublicKey::try_decode_protobuf(&c.network_public_key).ok()),
+        tokenizer: server.state.tokenizer.clone(),
+        max_context: server.state.info.max_context,
     };
     p2p::start(
         net,

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use libp2p::PeerId;
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -156,36 +156,48 @@ impl Ledger {
             }
             Err(e) => return Err(db_err(e)),
         };
-        match table.get(peer.to_bytes().as_slice()).map_err(db_err)? {
-            None => Ok(ScoutRecord::new(&self.policy)),
-            Some(v) => serde_json::from_slice(v.value()).map_err(|e| TrustError::Corrupt {
-                peer: peer.to_string(),
-                detail: e.to_string(),
-            }),
-        }
+        let stored = table.get(peer.to_bytes().as_slice()).map_err(db_err)?;
+        self.decode(peer, stored.as_ref().map(|v| v.value()))
     }
 
-    /// Changes the record of `peer` in one transaction and returns it.
+    /// Changes the record of `peer` in one transaction and returns it. The
+    /// read is part of the write transaction, so changes from the network
+    /// and the HTTP side never overwrite each other.
     pub fn update(
         &self,
         peer: &PeerId,
         change: impl FnOnce(&mut ScoutRecord, &TrustPolicy),
     ) -> Result<ScoutRecord, TrustError> {
-        let mut record = self.get(peer)?;
-        change(&mut record, &self.policy);
-        let bytes = serde_json::to_vec(&record).map_err(|e| TrustError::Corrupt {
-            peer: peer.to_string(),
-            detail: e.to_string(),
-        })?;
+        let key = peer.to_bytes();
         let txn = self.db.begin_write().map_err(db_err)?;
-        {
+        let record = {
             let mut table = txn.open_table(SCOUTS).map_err(db_err)?;
+            let mut record = {
+                let stored = table.get(key.as_slice()).map_err(db_err)?;
+                self.decode(peer, stored.as_ref().map(|v| v.value()))?
+            };
+            change(&mut record, &self.policy);
+            let bytes = serde_json::to_vec(&record).map_err(|e| TrustError::Corrupt {
+                peer: peer.to_string(),
+                detail: e.to_string(),
+            })?;
             table
-                .insert(peer.to_bytes().as_slice(), bytes.as_slice())
+                .insert(key.as_slice(), bytes.as_slice())
                 .map_err(db_err)?;
-        }
+            record
+        };
         txn.commit().map_err(db_err)?;
         Ok(record)
+    }
+
+    fn decode(&self, peer: &PeerId, stored: Option<&[u8]>) -> Result<ScoutRecord, TrustError> {
+        match stored {
+            None => Ok(ScoutRecord::new(&self.policy)),
+            Some(bytes) => serde_json::from_slice(bytes).map_err(|e| TrustError::Corrupt {
+                peer: peer.to_string(),
+                detail: e.to_string(),
+            }),
+        }
     }
 }
 

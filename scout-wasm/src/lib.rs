@@ -11,10 +11,14 @@
 //! - [`behaviour`]: the scout's libp2p behaviour;
 //! - [`wire`]: sampling settings across the wire;
 //! - `native` (not on wasm32): the desktop runtime with TCP, QUIC, WebSocket
-//!   and WebRTC-direct, run by `oracle scout`.
+//!   and WebRTC-direct, run by `oracle scout`;
+//! - `leech` (not on wasm32): one completion asked of an oracle over p2p, on
+//!   the same transports, run by `oracle ask`.
 #![deny(missing_docs)]
 
 pub mod behaviour;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod leech;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod native;
 pub mod net;

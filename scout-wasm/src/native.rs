@@ -11,7 +11,7 @@ use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, Transport, noise, ping, tcp};
 use shared_model::backend::Backend;
 use shared_proto::protocol::{CLAIM_PROTOCOL, TOPOLOGY_TOPIC, VERIFY_PROTOCOL, WORK_TOPIC};
@@ -68,30 +68,8 @@ pub async fn run<B: Backend>(
         _ => return Err(ScoutRunError::NoPeerId(config.connect.clone())),
     };
     install_crypto_provider();
-    let mut swarm = build_swarm(&key, &config.timeouts)?;
-    // libp2p-webrtc dials from the UDP socket of a listener: a scout that
-    // connects over WebRTC-direct listens on an ephemeral port first.
-    if config
-        .connect
-        .iter()
-        .any(|p| matches!(p, Protocol::WebRTCDirect))
-    {
-        // ICE pairs candidates of the same kind: a loopback oracle needs a
-        // loopback socket here.
-        let ip = match config.connect.iter().next() {
-            Some(Protocol::Ip6(ip)) if ip.is_loopback() => Protocol::Ip6(ip),
-            Some(Protocol::Ip6(_)) => Protocol::Ip6(std::net::Ipv6Addr::UNSPECIFIED),
-            Some(Protocol::Ip4(ip)) if ip.is_loopback() => Protocol::Ip4(ip),
-            _ => Protocol::Ip4(std::net::Ipv4Addr::UNSPECIFIED),
-        };
-        let any = Multiaddr::empty()
-            .with(ip)
-            .with(Protocol::Udp(0))
-            .with(Protocol::WebRTCDirect);
-        swarm
-            .listen_on(any)
-            .map_err(|e| ScoutRunError::Build(e.to_string()))?;
-    }
+    let mut swarm = build_swarm(&key, &config.timeouts, |key, t| ScoutBehaviour::new(key, t))?;
+    listen_for_webrtc(&mut swarm, &config.connect)?;
     let mut node = Node {
         key,
         swarm,
@@ -103,6 +81,7 @@ pub async fn run<B: Backend>(
         pending: Vec::new(),
         replay: ReplayWindow::new(4096),
         ping: PingPolicy::default(),
+        banned_until_ms: 0,
     };
     for topic in [WORK_TOPIC, TOPOLOGY_TOPIC] {
         let _ = node
@@ -151,7 +130,11 @@ pub async fn run<B: Backend>(
                 }
                 if lost && redial_at.is_none() && !node.swarm.is_connected(&node.oracle) {
                     node.scout.release_all();
-                    let delay = backoff.next_delay();
+                    // Dialling a banned-from oracle again only earns refusals.
+                    let ban = std::time::Duration::from_millis(
+                        node.banned_until_ms.saturating_sub(now_ms()),
+                    );
+                    let delay = backoff.next_delay().max(ban);
                     tracing::info!(retry_in_s = delay.as_secs_f64(), "lost the oracle");
                     redial_at = Some(Instant::now() + delay);
                 }
@@ -165,10 +148,40 @@ pub async fn run<B: Backend>(
     Ok(node.scout.stats())
 }
 
-fn build_swarm(
+/// libp2p-webrtc dials from the UDP socket of a listener: a node that
+/// connects over WebRTC-direct listens on an ephemeral port first.
+pub(crate) fn listen_for_webrtc<Bh: NetworkBehaviour>(
+    swarm: &mut Swarm<Bh>,
+    connect: &Multiaddr,
+) -> Result<(), ScoutRunError> {
+    if !connect.iter().any(|p| matches!(p, Protocol::WebRTCDirect)) {
+        return Ok(());
+    }
+    // ICE pairs candidates of the same kind: a loopback oracle needs a
+    // loopback socket here.
+    let ip = match connect.iter().next() {
+        Some(Protocol::Ip6(ip)) if ip.is_loopback() => Protocol::Ip6(ip),
+        Some(Protocol::Ip6(_)) => Protocol::Ip6(std::net::Ipv6Addr::UNSPECIFIED),
+        Some(Protocol::Ip4(ip)) if ip.is_loopback() => Protocol::Ip4(ip),
+        _ => Protocol::Ip4(std::net::Ipv4Addr::UNSPECIFIED),
+    };
+    let any = Multiaddr::empty()
+        .with(ip)
+        .with(Protocol::Udp(0))
+        .with(Protocol::WebRTCDirect);
+    swarm
+        .listen_on(any)
+        .map(|_| ())
+        .map_err(|e| ScoutRunError::Build(e.to_string()))
+}
+
+/// A swarm with every native transport (TCP, QUIC, WebRTC-direct, DNS,
+/// WebSocket) around the behaviour `behaviour` makes.
+pub(crate) fn build_swarm<Bh: NetworkBehaviour>(
     key: &Keypair,
     timeouts: &NetTimeouts,
-) -> Result<Swarm<ScoutBehaviour>, ScoutRunError> {
+    behaviour: impl FnOnce(&Keypair, &NetTimeouts) -> Result<Bh, String>,
+) -> Result<Swarm<Bh>, ScoutRunError> {
     let err = |e: &dyn std::fmt::Display| ScoutRunError::Build(e.to_string());
     let (t1, t2, t3) = (timeouts.clone(), timeouts.clone(), timeouts.clone());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
@@ -193,7 +206,7 @@ fn build_swarm(
         swarm.with_websocket(noise::Config::new, move || net::yamux(&t2)),
     )
     .map_err(|e| err(&e))?
-    .with_behaviour(|key| ScoutBehaviour::new(key, &t3).map_err(Into::into))
+    .with_behaviour(|key| behaviour(key, &t3).map_err(Into::into))
     .map_err(|e| err(&e))?
     .with_swarm_config(|c| c.with_idle_connection_timeout(timeouts.idle_connection))
     .build();
@@ -220,6 +233,8 @@ struct Node<B: Backend> {
     pending: Vec<(pb::DraftRequest, ResponseChannel<pb::WorkResult>)>,
     replay: ReplayWindow<Vec<u8>>,
     ping: PingPolicy,
+    /// The oracle banned us until then (unix ms; 0: not banned).
+    banned_until_ms: u64,
 }
 
 impl<B: Backend> Node<B> {
@@ -370,7 +385,13 @@ impl<B: Backend> Node<B> {
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
             None => {
-                tracing::warn!(%peer, detail = %ack.detail, "the oracle refused our handshake");
+                if let Some(until_ms) = net::HandshakeError::ban_end(&ack.detail) {
+                    let wait_s = until_ms.saturating_sub(now_ms()) / 1000;
+                    tracing::warn!(%peer, wait_s, "banned by the oracle: not dialling it again before the ban ends");
+                    self.banned_until_ms = until_ms;
+                } else {
+                    tracing::warn!(%peer, detail = %ack.detail, "the oracle refused our handshake");
+                }
                 let _ = self.swarm.disconnect_peer_id(peer);
             }
         }

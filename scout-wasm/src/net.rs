@@ -23,6 +23,8 @@ pub struct NetTimeouts {
     pub idle_connection: Duration,
     /// A request (handshake, claim, round) without an answer fails after this.
     pub request: Duration,
+    /// A p2p completion (a whole answer, queue wait included) fails after this.
+    pub completion: Duration,
     /// A connection whose handshake has not completed is closed after this.
     pub handshake: Duration,
     /// Ping every connection this often.
@@ -52,6 +54,7 @@ impl Default for NetTimeouts {
         NetTimeouts {
             idle_connection: Duration::from_secs(300),
             request: Duration::from_secs(10),
+            completion: Duration::from_secs(300),
             handshake: Duration::from_secs(10),
             ping_interval: Duration::from_secs(10),
             ping_timeout: Duration::from_secs(10),
@@ -73,6 +76,8 @@ pub type HandshakeCodec = ShardCodec<pb::HandshakeMessage, pb::HandshakeReply>;
 pub type ClaimCodec = ShardCodec<pb::ClaimRequest, pb::ClaimResponse>;
 /// `/shard/1.0.0/verify`: [`pb::DraftRequest`] → [`pb::WorkResult`].
 pub type VerifyCodec = ShardCodec<pb::DraftRequest, pb::WorkResult>;
+/// `/shard/1.0.0/complete`: [`pb::CompletionRequest`] → [`pb::CompletionResponse`].
+pub type CompleteCodec = ShardCodec<pb::CompletionRequest, pb::CompletionResponse>;
 
 /// A request-response behaviour for `protocol`, in the direction(s) `support`.
 pub fn request_response<Req, Resp>(
@@ -84,11 +89,16 @@ where
     Req: shared_proto::WireMessage + Send + 'static,
     Resp: shared_proto::WireMessage + Send + 'static,
 {
+    let timeout = if protocol == shared_proto::protocol::COMPLETE_PROTOCOL {
+        timeouts.completion
+    } else {
+        timeouts.request
+    };
     request_response::Behaviour::with_codec(
         ShardCodec::new(),
         [(protocol, support)],
         request_response::Config::default()
-            .with_request_timeout(timeouts.request)
+            .with_request_timeout(timeout)
             .with_max_concurrent_streams(timeouts.max_concurrent_requests),
     )
 }
@@ -204,6 +214,18 @@ impl HandshakeError {
             HandshakeError::RateLimited => "UNAVAILABLE",
             _ => "INVALID_ARGUMENT",
         }
+    }
+
+    /// The end of a ban (unix ms) from a refusal's detail text, as
+    /// [`HandshakeError::Banned`] writes it: a banned peer waits that long
+    /// before it dials again.
+    pub fn ban_end(detail: &str) -> Option<u64> {
+        detail
+            .strip_prefix("banned until ")?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
     }
 }
 
@@ -347,6 +369,24 @@ mod tests {
         let reply = refusal(&HandshakeError::KeyMismatch(peer.to_string()));
         reply.validate().unwrap();
         assert_eq!(reply.ack.unwrap().errors[0].code, "UNAUTHENTICATED");
+    }
+
+    #[test]
+    fn a_ban_refusal_tells_when_it_ends() {
+        let reply = refusal(&HandshakeError::Banned {
+            until_ms: 1_800_000_123_456,
+        });
+        let ack = reply.ack.unwrap();
+        assert_eq!(ack.errors[0].code, "PERMISSION_DENIED");
+        assert_eq!(
+            HandshakeError::ban_end(&ack.detail),
+            Some(1_800_000_123_456)
+        );
+        assert_eq!(
+            HandshakeError::ban_end("too many requests: slow down"),
+            None
+        );
+        assert_eq!(HandshakeError::ban_end("banned until soon"), None);
     }
 
     #[test]

@@ -125,6 +125,8 @@ struct Held<B: Backend> {
     /// When the oracle last sent a round (or the claim).
     last_seen: Instant,
     state: DraftState<B>,
+    /// The first answer, kept by a scout with [`Fault::Replay`].
+    replay: Option<pb::WorkResult>,
 }
 
 /// A scout that misbehaves on purpose, to test the oracle's defences (and to
@@ -138,6 +140,8 @@ pub enum Fault {
     Garbage,
     /// Sign with a key other than the connection's.
     WrongKey,
+    /// Answer every round of a session with its first (signed) answer again.
+    Replay,
 }
 
 /// The sessions a scout drafts for, and its signing key.
@@ -230,6 +234,7 @@ impl<B: Backend> Scout<B> {
                 last_draft: Vec::new(),
                 last_seen: Instant::now(),
                 state: self.model.new_state(self.max_context),
+                replay: None,
             },
         );
         self.stats.claims += 1;
@@ -331,7 +336,15 @@ impl<B: Backend> Scout<B> {
                     held.last_draft = draft.tokens.clone();
                     self.stats.rounds += 1;
                     self.stats.drafted += draft.tokens.len() as u64;
-                    out[i] = self.sign(&held, id, round, draft.tokens, elapsed_ms);
+                    let signed = self.sign(&held, id, round, draft.tokens, elapsed_ms);
+                    out[i] = match (&held.replay, self.fault) {
+                        (Some(first), Fault::Replay) => Ok(first.clone()),
+                        (None, Fault::Replay) => {
+                            held.replay = signed.as_ref().ok().cloned();
+                            signed
+                        }
+                        _ => signed,
+                    };
                     self.sessions.insert(id, held);
                 }
             }

@@ -11,6 +11,7 @@
 //!   allocates, then decodes and [validates](Validate) the message.
 //! - [`ShardCodec`]: the same framing as a libp2p request-response codec.
 //! - [`signing`]: ed25519 signatures over messages, oracle certificates.
+//! - [`credit`]: tokens with which a scout spends its credit over HTTP.
 //! - [`ContentId`]: SHA-256 multihashes that name work and results.
 //! - [`ReplayWindow`] and [`check_fresh`]: TTLs and deduplication against replay.
 //! - [`protocol`]: protocol ids, topic names and version rules.
@@ -18,6 +19,7 @@
 
 mod cid;
 mod codec;
+pub mod credit;
 pub mod frame;
 pub mod protocol;
 mod replay;

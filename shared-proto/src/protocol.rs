@@ -30,11 +30,15 @@ pub const METRICS_PROTOCOL: StreamProtocol = shard_protocol!("metrics");
 /// Discovery: [`crate::pb::ProtocolListRequest`] → [`crate::pb::ProtocolList`].
 pub const PROTOCOL_LIST_PROTOCOL: StreamProtocol = shard_protocol!("protocol-list");
 
+/// A leech asks for an answer: [`crate::pb::CompletionRequest`] → [`crate::pb::CompletionResponse`].
+pub const COMPLETE_PROTOCOL: StreamProtocol = shard_protocol!("complete");
+
 /// Every request-response protocol of this version.
-pub const ALL_PROTOCOLS: [StreamProtocol; 5] = [
+pub const ALL_PROTOCOLS: [StreamProtocol; 6] = [
     HANDSHAKE_PROTOCOL,
     VERIFY_PROTOCOL,
     CLAIM_PROTOCOL,
+    COMPLETE_PROTOCOL,
     METRICS_PROTOCOL,
     PROTOCOL_LIST_PROTOCOL,
 ];
@@ -141,7 +145,14 @@ mod tests {
         // Every protocol once, under the name peers know it by.
         assert_eq!(
             names,
-            ["handshake", "verify", "claim", "metrics", "protocol-list"]
+            [
+                "handshake",
+                "verify",
+                "claim",
+                "complete",
+                "metrics",
+                "protocol-list"
+            ]
         );
         assert_eq!(VERIFY_PROTOCOL.as_ref(), "/shard/1.0.0/verify");
     }

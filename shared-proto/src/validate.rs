@@ -64,8 +64,17 @@ pub mod limits {
     pub const MAX_FIELD_PATH_LEN: usize = 256;
     /// Most errors in one acknowledgement.
     pub const MAX_ERRORS: usize = 32;
-    /// Longest prompt or answer text in a golden ticket.
+    /// Longest prompt or answer text in a golden ticket, or answer text of a
+    /// p2p completion.
     pub const MAX_TEXT_BYTES: usize = 32 * 1024;
+    /// Longest prompt of a p2p completion (its frame is 8 KiB).
+    pub const MAX_PROMPT_BYTES: usize = 6 * 1024;
+    /// Most tokens a p2p completion may ask for (its answer is one 64 KiB frame).
+    pub const MAX_COMPLETION_TOKENS: u32 = 1024;
+    /// Most stop strings of a p2p completion.
+    pub const MAX_STOP_STRINGS: usize = 4;
+    /// Longest stop string.
+    pub const MAX_STOP_BYTES: usize = 256;
 }
 
 /// Error codes of seed 004 (numbered as in gRPC / libp2p).
@@ -772,6 +781,45 @@ impl Validate for pb::ErrorDetail {
         }
         max_len("message", self.message.len(), limits::MAX_DETAIL_LEN)?;
         max_len("field", self.field.len(), limits::MAX_FIELD_PATH_LEN)
+    }
+}
+
+impl Validate for pb::CompletionRequest {
+    fn validate(&self) -> Checked {
+        required_len("prompt", self.prompt.len(), limits::MAX_PROMPT_BYTES)?;
+        int_range(
+            "max_tokens",
+            self.max_tokens.into(),
+            1,
+            limits::MAX_COMPLETION_TOKENS.into(),
+        )?;
+        nested("sampling", self.sampling.as_ref(), true)?;
+        max_len("stop", self.stop.len(), limits::MAX_STOP_STRINGS)?;
+        for (i, stop) in self.stop.iter().enumerate() {
+            required_len(&indexed("stop", i), stop.len(), limits::MAX_STOP_BYTES)?;
+        }
+        Ok(())
+    }
+}
+
+impl Validate for pb::CompletionResponse {
+    fn validate(&self) -> Checked {
+        nested("ack", self.ack.as_ref(), true)?;
+        if self.ack.as_ref().is_some_and(|a| a.ok) {
+            max_len("text", self.text.len(), limits::MAX_TEXT_BYTES)?;
+            tokens(
+                "token_ids",
+                &self.token_ids,
+                limits::MAX_COMPLETION_TOKENS as usize,
+            )?;
+            if !matches!(self.finish_reason.as_str(), "stop" | "length") {
+                return Err(ValidationError::new(
+                    "finish_reason",
+                    Violation::Malformed("must be \"stop\" or \"length\"".into()),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -6,7 +6,9 @@
 use proptest::prelude::*;
 use shared_proto::frame::{self, FrameError};
 use shared_proto::pb::{self, NodeType};
-use shared_proto::{ContentId, Keypair, Signed, Validate, Violation, WireMessage};
+use shared_proto::{
+    ContentId, Keypair, Signed, Validate, Violation, WORK_RESPONSE_MAX_LEN, WireMessage, limits,
+};
 
 /// SHA-256("abc"), FIPS 180-2, as a multihash.
 const CID_ABC: &str = "1220ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
@@ -225,6 +227,73 @@ fn every_message_round_trips() {
     });
     round_trip(broadcast());
     round_trip(topology());
+    round_trip(completion_request());
+    round_trip(pb::CompletionResponse {
+        ack: Some(pb::Ack {
+            ok: true,
+            ..Default::default()
+        }),
+        text: " Paris.".into(),
+        token_ids: vec![7042, 30],
+        finish_reason: "length".into(),
+        prompt_tokens: 5,
+        contributor: true,
+    });
+}
+
+fn completion_request() -> pb::CompletionRequest {
+    pb::CompletionRequest {
+        prompt: "The capital of France is".into(),
+        max_tokens: 16,
+        sampling: Some(sampling()),
+        stop: vec!["\n".into()],
+    }
+}
+
+#[test]
+fn p2p_completions_are_bounded_so_the_answer_fits_one_frame() {
+    let big = pb::CompletionRequest {
+        prompt: "x".repeat(limits::MAX_PROMPT_BYTES + 1),
+        ..completion_request()
+    };
+    assert_eq!(violation_of(&big).0, "prompt");
+    let long = pb::CompletionRequest {
+        max_tokens: limits::MAX_COMPLETION_TOKENS + 1,
+        ..completion_request()
+    };
+    assert_eq!(violation_of(&long).0, "max_tokens");
+    let unsampled = pb::CompletionRequest {
+        sampling: None,
+        ..completion_request()
+    };
+    assert_eq!(
+        violation_of(&unsampled),
+        ("sampling".into(), Violation::Missing)
+    );
+    let stops = pb::CompletionRequest {
+        stop: vec![String::new()],
+        ..completion_request()
+    };
+    assert_eq!(violation_of(&stops).0, "stop[0]");
+    // The largest answer allowed fits one work-response frame.
+    let answer = pb::CompletionResponse {
+        ack: Some(pb::Ack {
+            ok: true,
+            ..Default::default()
+        }),
+        text: "x".repeat(limits::MAX_TEXT_BYTES),
+        token_ids: vec![limits::MAX_TOKEN_ID; limits::MAX_COMPLETION_TOKENS as usize],
+        finish_reason: "stop".into(),
+        prompt_tokens: 1,
+        contributor: false,
+    };
+    answer.validate().unwrap();
+    assert!(prost::Message::encoded_len(&answer) <= WORK_RESPONSE_MAX_LEN);
+    let odd = pb::CompletionResponse {
+        finish_reason: "cancelled".into(),
+        ..answer
+    };
+    assert_eq!(violation_of(&odd).0, "finish_reason");
 }
 
 // ------------------------------------------------------------------ golden bytes

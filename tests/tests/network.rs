@@ -55,6 +55,11 @@ fn temp_dir(name: &str) -> PathBuf {
 /// Starts `oracle serve` on loopback; returns it, its HTTP address and its
 /// p2p addresses.
 fn start_oracle(data_dir: &PathBuf, extra: &[&str]) -> (Proc, String, Vec<String>) {
+    let sessions = if extra.contains(&"--max-sessions") {
+        &[][..]
+    } else {
+        &["--max-sessions", "8"][..]
+    };
     let mut child = Command::new(oracle_bin())
         .args([
             "serve",
@@ -66,10 +71,9 @@ fn start_oracle(data_dir: &PathBuf, extra: &[&str]) -> (Proc, String, Vec<String
             "/ip4/127.0.0.1/udp/0/webrtc-direct",
             "--draft-deadline-ms",
             "2000",
-            "--max-sessions",
-            "8",
-            "--web-dir",
         ])
+        .args(sessions)
+        .arg("--web-dir")
         .arg(data_dir.join("no-web-app"))
         .arg("--data-dir")
         .arg(data_dir)
@@ -132,26 +136,51 @@ fn start_scout(connect: &str, data_dir: &PathBuf, extra: &[&str]) -> Proc {
 
 /// One HTTP/1.1 request; the status and the body.
 fn http(addr: &str, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
+    let (status, _, body) = http_with(addr, method, path, body, &[]);
+    (status, body)
+}
+
+/// Opens a request with extra headers, without reading the answer.
+fn http_send(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    headers: &[(&str, &str)],
+) -> TcpStream {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(300)))
         .unwrap();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
+    stream
+}
+
+/// One HTTP/1.1 request with extra headers; the status, the headers and the body.
+fn http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
+    let mut stream = http_send(addr, method, path, body, headers);
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (status, head.to_ascii_lowercase(), body.to_owned())
 }
 
 fn json_of(addr: &str, path: &str) -> Value {
@@ -323,23 +352,32 @@ fn misbehaving_scouts_are_banned_by_golden_tickets_and_stay_banned_after_a_resta
         complete(&addr, prompt, 16);
     }
     let tcp = p2p.iter().find(|a| a.contains("/tcp/")).unwrap().clone();
-    let (garbage_dir, wrong_dir, honest_dir) = (
+    let (garbage_dir, wrong_dir, replay_dir, honest_dir) = (
         dir.join("garbage"),
         dir.join("wrong-key"),
+        dir.join("replay"),
         dir.join("honest"),
     );
     let garbage = start_scout(&tcp, &garbage_dir, &["--misbehave", "garbage"]);
     let wrong = start_scout(&tcp, &wrong_dir, &["--misbehave", "wrong-key"]);
+    let replay = start_scout(&tcp, &replay_dir, &["--misbehave", "replay"]);
     let honest = start_scout(&tcp, &honest_dir, &["honest"]);
     wait_for("scout keys", Duration::from_secs(60), || {
-        [&garbage_dir, &wrong_dir, &honest_dir]
+        [&garbage_dir, &wrong_dir, &replay_dir, &honest_dir]
             .iter()
             .all(|d| d.join("node.key").exists())
     });
     let record = |addr: &str, peer: &str| json_of(addr, &format!("/api/scouts/{peer}"));
-    let bad = [peer_id_in(&garbage_dir), peer_id_in(&wrong_dir)];
+    let bad = [
+        peer_id_in(&garbage_dir),
+        peer_id_in(&wrong_dir),
+        peer_id_in(&replay_dir),
+    ];
     let good = peer_id_in(&honest_dir);
-    wait_for("both bad scouts banned", Duration::from_secs(120), || {
+    // Whatever the scouts send, answers stay the target's.
+    let expected = reference(PROMPTS[3], 16);
+    assert_eq!(complete(&addr, PROMPTS[3], 16), expected);
+    wait_for("every bad scout banned", Duration::from_secs(120), || {
         bad.iter().all(|p| record(&addr, p)["banned"] == true)
     });
     for peer in &bad {
@@ -347,13 +385,16 @@ fn misbehaving_scouts_are_banned_by_golden_tickets_and_stay_banned_after_a_resta
         assert!(r["record"]["golden_failed"].as_u64().unwrap() <= 5, "{r}");
         assert_eq!(r["record"]["bans"], 1, "{r}");
     }
+    // A malformed peer id is a clear 400, not a lookup.
+    let (status, body) = http(&addr, "GET", "/api/scouts/not-a-peer", None);
+    assert_eq!(status, 400, "{body}");
     let honest_record = record(&addr, &good);
     assert_eq!(honest_record["banned"], false, "{honest_record}");
     let metrics = http(&addr, "GET", "/metrics", None).1;
-    assert!(metric_sum(&metrics, "shard_bans_total") >= 2.0, "{metrics}");
+    assert!(metric_sum(&metrics, "shard_bans_total") >= 3.0, "{metrics}");
 
     // The bans survive a restart: the banned scout is refused, the honest one joins.
-    drop((oracle, garbage, wrong, honest));
+    drop((oracle, garbage, wrong, replay, honest));
     let (_oracle, addr, p2p) = start_oracle(&dir, &fast_tickets);
     let tcp = p2p.iter().find(|a| a.contains("/tcp/")).unwrap().clone();
     let _garbage = start_scout(&tcp, &garbage_dir, &["--misbehave", "garbage"]);
@@ -699,6 +740,149 @@ fn hostile_frames_and_floods_harm_no_one_else() {
     // scout, may be too: it was throttled, not banned).
     let peers = json_of(&addr, "/api/peers").to_string();
     assert!(peers.contains(&peer_id_in(&dir.join("honest"))), "{peers}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `oracle ask` over p2p: its JSON answer and when the process ended.
+fn ask(
+    connect: &str,
+    prompt: &str,
+    max_tokens: usize,
+    data_dir: Option<&PathBuf>,
+) -> (Value, Instant) {
+    let mut command = Command::new(oracle_bin());
+    command
+        .args(["ask", "--json", "--connect", connect, "--max-tokens"])
+        .arg(max_tokens.to_string())
+        .arg(prompt);
+    if let Some(dir) = data_dir {
+        command.arg("--data-dir").arg(dir);
+    }
+    let out = command.output().unwrap();
+    let ended = Instant::now();
+    assert!(
+        out.status.success(),
+        "oracle ask failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (serde_json::from_slice(&out.stdout).unwrap(), ended)
+}
+
+#[test]
+fn contributors_wait_ahead_of_leeches_and_leeches_ask_over_p2p() {
+    let _serial = one_at_a_time();
+    let dir = temp_dir("credit");
+    let (_oracle, addr, p2p) = start_oracle(&dir, &["--max-sessions", "1"]);
+    let tcp = p2p.iter().find(|a| a.contains("/tcp/")).unwrap().clone();
+    let scout_dir = dir.join("scout");
+    let scout = start_scout(&tcp, &scout_dir, &["honest"]);
+    wait_for("the scout", Duration::from_secs(60), || {
+        json_of(&addr, "/api/status")["scouts_connected"] == 1
+    });
+    let peer = peer_id_in(&scout_dir);
+    let credits = || {
+        json_of(&addr, &format!("/api/scouts/{peer}"))["record"]["credits"]
+            .as_u64()
+            .unwrap()
+    };
+    // Drafting earns credit.
+    complete(&addr, PROMPTS[0], 24);
+    wait_for(
+        "credit for accepted drafts",
+        Duration::from_secs(30),
+        || credits() > 0,
+    );
+    drop(scout);
+    wait_for("the scout gone", Duration::from_secs(30), || {
+        json_of(&addr, "/api/status")["scouts_connected"] == 0
+    });
+    std::thread::sleep(Duration::from_secs(1)); // the last credits are flushed
+
+    // A leech asks over p2p and gets the target's answer.
+    let (answer, _) = ask(&tcp, PROMPTS[2], 16, None);
+    assert_eq!(
+        answer["text"],
+        reference(PROMPTS[2], 16).as_str(),
+        "{answer}"
+    );
+    assert_eq!(answer["contributor"], false);
+
+    // Over HTTP the scout's credit token buys priority and is spent.
+    let out = Command::new(oracle_bin())
+        .args(["credit-token", "--data-dir"])
+        .arg(&scout_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let model = json_of(&addr, "/v1/models")["data"][0]["id"].clone();
+    let body = json!({"model": model, "prompt": PROMPTS[3], "max_tokens": 4, "temperature": 0});
+    let before = credits();
+    let (status, head, reply) = http_with(
+        &addr,
+        "POST",
+        "/v1/completions",
+        Some(&body),
+        &[("X-Shard-Credit", &token)],
+    );
+    assert_eq!(status, 200, "{reply}");
+    assert!(head.contains("x-shard-priority: contributor"), "{head}");
+    let used = serde_json::from_str::<Value>(&reply).unwrap()["usage"]["completion_tokens"]
+        .as_u64()
+        .unwrap();
+    wait_for("the credit spent", Duration::from_secs(10), || {
+        credits() == before.saturating_sub(used)
+    });
+    let forged = token.replace("shard-credit.1.", "shard-credit.1.00");
+    let (status, _, reply) = http_with(
+        &addr,
+        "POST",
+        "/v1/completions",
+        Some(&body),
+        &[("X-Shard-Credit", &forged)],
+    );
+    assert_eq!(status, 401, "{reply}");
+    assert!(reply.contains("invalid_credit_token"), "{reply}");
+    let (status, head, _) = http_with(&addr, "POST", "/v1/completions", Some(&body), &[]);
+    assert_eq!(status, 200);
+    assert!(head.contains("x-shard-priority: normal"), "{head}");
+
+    // One slot, held by a long answer; a leech queues, then the contributor:
+    // the contributor is served first.
+    let long = json!({"model": model, "prompt": "1, 2, 3, 4, 5,", "max_tokens": 1000,
+        "temperature": 0, "stream": true});
+    let mut holder = http_send(&addr, "POST", "/v1/completions", Some(&long), &[]);
+    let mut first = [0u8; 64];
+    holder.read_exact(&mut first).unwrap();
+    let queued = || {
+        json_of(&addr, "/api/status")["sessions"]["queued"]
+            .as_u64()
+            .unwrap()
+    };
+    let (leech, contributor) = std::thread::scope(|s| {
+        let leech = s.spawn(|| ask(&tcp, PROMPTS[0], 8, None));
+        wait_for("the leech queued", Duration::from_secs(60), || {
+            queued() == 1
+        });
+        let contributor = s.spawn(|| ask(&tcp, PROMPTS[1], 8, Some(&scout_dir)));
+        wait_for("the contributor queued", Duration::from_secs(60), || {
+            queued() == 2
+        });
+        // The long answer's client leaves: its slot frees.
+        holder.shutdown(std::net::Shutdown::Both).unwrap();
+        (leech.join().unwrap(), contributor.join().unwrap())
+    });
+    assert_eq!(contributor.0["contributor"], true, "{}", contributor.0);
+    assert_eq!(leech.0["contributor"], false, "{}", leech.0);
+    assert!(
+        contributor.1 < leech.1,
+        "the leech was answered before the contributor"
+    );
+    assert_eq!(contributor.0["text"], reference(PROMPTS[1], 8).as_str());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

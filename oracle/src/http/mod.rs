@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -148,8 +148,53 @@ fn cors(origins: &[String]) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(allow)
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static(CREDIT_HEADER),
+        ])
+        .expose_headers([HeaderName::from_static(PRIORITY_HEADER)])
         .max_age(Duration::from_secs(3600))
+}
+
+/// A contributor's credit token ([`shared_proto::credit`]): its request waits
+/// ahead of anyone else's while the scout has credit, and the tokens generated
+/// are taken off that credit.
+pub const CREDIT_HEADER: &str = "x-shard-credit";
+/// On a generation's answer: `contributor` or `normal`, how it was queued.
+pub const PRIORITY_HEADER: &str = "x-shard-priority";
+
+/// Whose credit pays for a request: the scout named by a valid credit token
+/// in [`CREDIT_HEADER`], when it has credit left. No header: anyone's request.
+/// A token that does not verify is refused (401), never silently ignored.
+async fn credit_payer(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<libp2p::PeerId>, ApiError> {
+    let Some(value) = headers.get(CREDIT_HEADER) else {
+        return Ok(None);
+    };
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let token = value
+        .to_str()
+        .map_err(|_| shared_proto::credit::CreditTokenError::Malformed("not text"))
+        .and_then(|t| shared_proto::credit::CreditToken::verify(t.trim(), now_s))
+        .map_err(|e| ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            code: Some("invalid_credit_token"),
+            kind: "authentication_error",
+            ..ApiError::invalid(format!("{CREDIT_HEADER}: {e}"), None)
+        })?;
+    let Some(ledger) = state.trust.get().cloned() else {
+        return Ok(None);
+    };
+    let record = tokio::task::spawn_blocking(move || ledger.get(&token.peer))
+        .await
+        .map_err(|e| ApiError::internal(format!("reading credits failed: {e}")))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((record.credits > 0).then_some(token.peer))
 }
 
 async fn require_api_key(

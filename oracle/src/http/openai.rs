@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Path, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream;
@@ -27,7 +27,7 @@ use shared_model::tokenizer::EncodeOptions;
 use super::{ApiError, AppState};
 use crate::chat::Message;
 use crate::engine::{SessionEvent, SessionStream};
-use crate::scheduler::{Finish, Request as GenerationRequest};
+use crate::scheduler::{Finish, Priority, Request as GenerationRequest};
 
 /// Most stop strings per request (OpenAI's limit).
 const MAX_STOP_STRINGS: usize = 4;
@@ -219,6 +219,7 @@ fn check_model(state: &AppState, model: Option<&str>) -> Result<(), ApiError> {
 
 pub(super) async fn completions(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let req: CompletionRequest = fields(&body)?;
@@ -257,6 +258,7 @@ pub(super) async fn completions(
     let top = req.logprobs.map(|n| n as usize);
     generate(
         state,
+        &headers,
         Endpoint::Completion,
         prompt,
         "prompt",
@@ -296,6 +298,7 @@ fn one_prompt(given: usize) -> ApiError {
 
 pub(super) async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let req: ChatRequest = fields(&body)?;
@@ -382,6 +385,7 @@ pub(super) async fn chat_completions(
     let max_tokens = req.max_completion_tokens.or(common.max_tokens);
     generate(
         state,
+        &headers,
         Endpoint::Chat,
         prompt,
         "messages",
@@ -395,6 +399,7 @@ pub(super) async fn chat_completions(
 /// Validates the shared options, starts the session and answers, streamed or whole.
 async fn generate(
     state: Arc<AppState>,
+    headers: &HeaderMap,
     endpoint: Endpoint,
     prompt: Vec<u32>,
     prompt_param: &str,
@@ -403,6 +408,7 @@ async fn generate(
     top_logprobs: Option<usize>,
 ) -> Result<Response, ApiError> {
     check_model(&state, common.model.as_deref())?;
+    let payer = super::credit_payer(&state, headers).await?;
     let (params, stops) = sampling(&common, state.tokenizer.vocab_size())?;
     let max_context = state.info.max_context;
     if prompt.is_empty() {
@@ -456,10 +462,18 @@ async fn generate(
     let prompt_tokens = session.context().len();
     let stream = state
         .engine
-        .submit(GenerationRequest {
-            session,
-            stop_strings: stops,
-        })
+        .submit(
+            GenerationRequest {
+                session,
+                stop_strings: stops,
+                priority: if payer.is_some() {
+                    Priority::Contributor
+                } else {
+                    Priority::Normal
+                },
+            },
+            payer,
+        )
         .await?;
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -483,11 +497,20 @@ async fn generate(
         text_offset: 0,
         state,
     };
-    if common.stream == Some(true) {
-        Ok(stream_response(job, stream))
+    let mut response = if common.stream == Some(true) {
+        stream_response(job, stream)
     } else {
-        whole_response(job, stream).await
-    }
+        whole_response(job, stream).await?
+    };
+    response.headers_mut().insert(
+        super::PRIORITY_HEADER,
+        HeaderValue::from_static(if payer.is_some() {
+            "contributor"
+        } else {
+            "normal"
+        }),
+    );
+    Ok(response)
 }
 
 /// Sampling settings and stop strings from the shared options.

@@ -7,8 +7,10 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{StreamProtocol, connection_limits, gossipsub, identify, mdns, ping};
-use scout_wasm::net::{self, ClaimCodec, HandshakeCodec, NetTimeouts, VerifyCodec};
-use shared_proto::protocol::{CLAIM_PROTOCOL, HANDSHAKE_PROTOCOL, VERIFY_PROTOCOL};
+use scout_wasm::net::{self, ClaimCodec, CompleteCodec, HandshakeCodec, NetTimeouts, VerifyCodec};
+use shared_proto::protocol::{
+    CLAIM_PROTOCOL, COMPLETE_PROTOCOL, HANDSHAKE_PROTOCOL, VERIFY_PROTOCOL,
+};
 
 /// Kademlia's protocol id on the Shard network (its own DHT, not IPFS's).
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/shard/kad/1.0.0");
@@ -34,6 +36,8 @@ pub struct OracleBehaviour {
     pub claim: request_response::Behaviour<ClaimCodec>,
     /// Rounds sent to scouts.
     pub verify: request_response::Behaviour<VerifyCodec>,
+    /// Leeches asking for answers.
+    pub complete: request_response::Behaviour<CompleteCodec>,
 }
 
 impl OracleBehaviour {
@@ -72,6 +76,7 @@ impl OracleBehaviour {
             handshake: net::request_response(HANDSHAKE_PROTOCOL, ProtocolSupport::Full, timeouts),
             claim: net::request_response(CLAIM_PROTOCOL, ProtocolSupport::Inbound, timeouts),
             verify: net::request_response(VERIFY_PROTOCOL, ProtocolSupport::Outbound, timeouts),
+            complete: net::request_response(COMPLETE_PROTOCOL, ProtocolSupport::Inbound, timeouts),
         })
     }
 }

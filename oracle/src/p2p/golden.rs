@@ -108,6 +108,16 @@ impl GoldenRun {
         K
     }
 
+    /// The round now asked for.
+    pub(crate) fn round(&self) -> u32 {
+        self.round
+    }
+
+    /// The work id the scout claimed.
+    pub(crate) fn work_cid(&self) -> &[u8] {
+        &self.work_cid
+    }
+
     /// The next round's request.
     pub(crate) fn request(&mut self, deadline_ms: u32) -> pb::DraftRequest {
         self.round += 1;

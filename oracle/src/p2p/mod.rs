@@ -1,7 +1,8 @@
 //! The oracle's libp2p node: transports (TCP, QUIC, WebSocket, WebRTC-direct
 //! with a persisted certificate), identify, ping with a failure policy,
 //! Kademlia with bootstrap retries, optional mDNS, gossipsub with validation,
-//! the handshake, and scouts claiming work and answering rounds.
+//! the handshake, scouts claiming work and answering rounds, and leeches
+//! asking for completions.
 //!
 //! Shaped like rust-libp2p's file-sharing example: [`start`] builds the swarm
 //! and spawns its event loop, which owns it; the engine talks to the loop over
@@ -12,6 +13,7 @@
 mod behaviour;
 mod golden;
 pub mod identity;
+mod leech;
 mod node;
 pub mod results;
 

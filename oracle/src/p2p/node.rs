@@ -16,8 +16,8 @@ use scout_wasm::net::{self, Backoff, NetTimeouts, PingPolicy};
 use scout_wasm::wire::params_to_wire;
 use serde::Serialize;
 use shared_proto::protocol::{
-    CLAIM_PROTOCOL, HANDSHAKE_PROTOCOL, TOPOLOGY_TOPIC, VERIFY_PROTOCOL, WORK_RESULT_TOPIC,
-    WORK_TOPIC,
+    CLAIM_PROTOCOL, COMPLETE_PROTOCOL, HANDSHAKE_PROTOCOL, TOPOLOGY_TOPIC, VERIFY_PROTOCOL,
+    WORK_RESULT_TOPIC, WORK_TOPIC,
 };
 use shared_proto::{PublicKey, ReplayWindow, Signed, Validate, check_fresh, frame, pb};
 use thiserror::Error;
@@ -31,6 +31,8 @@ use crate::engine::{ClaimGrant, EngineHandle, ToNetwork};
 use crate::metrics::Metrics;
 use crate::scheduler::SessionId;
 use crate::trust::{Ledger, RateLimiter};
+
+use super::leech::Completions;
 
 /// The network's settings.
 #[derive(Clone)]
@@ -60,6 +62,10 @@ pub struct NetConfig {
     pub certificate: Option<pb::OracleCertificate>,
     /// The network key whose certificates we accept on results.
     pub network_key: Option<PublicKey>,
+    /// The model's tokenizer, for leeches' prompts.
+    pub tokenizer: Arc<shared_model::tokenizer::Tokenizer>,
+    /// Longest prompt + answer of a leech's completion.
+    pub max_context: usize,
 }
 
 /// A peer as `/api/peers` shows it.
@@ -155,7 +161,15 @@ pub fn start(
     }
     tracing::info!(%peer_id, "p2p node started");
     let backoff = Backoff::new(config.timeouts.retry_min, config.timeouts.retry_max);
+    let completions = Completions {
+        engine: engine.clone(),
+        tokenizer: config.tokenizer.clone(),
+        max_context: config.max_context,
+        ledger: config.ledger.clone(),
+    };
     let node = Node {
+        completions,
+        completions_done: mpsc::channel(256),
         key,
         peer_id,
         swarm,
@@ -255,6 +269,10 @@ struct Round {
 }
 
 type ClaimDone = (ResponseChannel<pb::ClaimResponse>, pb::ClaimResponse);
+type CompletionDone = (
+    ResponseChannel<pb::CompletionResponse>,
+    pb::CompletionResponse,
+);
 
 struct Node {
     key: libp2p::identity::Keypair,
@@ -278,6 +296,9 @@ struct Node {
     next_bootstrap: Option<Instant>,
     next_topology: Instant,
     claims_done: (mpsc::Sender<ClaimDone>, mpsc::Receiver<ClaimDone>),
+    /// Leeches' completions.
+    completions: Completions,
+    completions_done: (mpsc::Sender<CompletionDone>, mpsc::Receiver<CompletionDone>),
     tickets: TicketBook,
     /// Announced golden tickets: who claimed each already.
     golden_work: HashMap<Vec<u8>, (Ticket, Instant, HashSet<PeerId>)>,
@@ -309,6 +330,9 @@ impl Node {
                 },
                 Some((channel, response)) = self.claims_done.1.recv() => {
                     let _ = self.swarm.behaviour_mut().claim.send_response(channel, response);
+                }
+                Some((channel, response)) = self.completions_done.1.recv() => {
+                    let _ = self.swarm.behaviour_mut().complete.send_response(channel, response);
                 }
                 _ = tick.tick() => self.tick(),
             }
@@ -357,8 +381,17 @@ impl Node {
             self.next_golden = now + self.config.golden_interval;
             self.announce_golden();
         }
+        self.flush_credits();
+    }
+
+    /// Writes the credits earned since the last flush (one transaction per scout).
+    fn flush_credits(&mut self) {
         for (peer, tokens) in std::mem::take(&mut self.credits) {
-            if let Err(e) = self.config.ledger.update(&peer, |r, _| r.credits += tokens) {
+            if let Err(e) = self
+                .config
+                .ledger
+                .update(&peer, |r, _| r.credits = r.credits.saturating_add(tokens))
+            {
                 tracing::error!(error = %e, "cannot record credits");
             }
         }
@@ -494,10 +527,15 @@ impl Node {
         let me = pb::NodeInfo {
             peer_id: self.peer_id.to_bytes(),
             node_type: pb::NodeType::Oracle as i32,
-            supported_protocols: [HANDSHAKE_PROTOCOL, CLAIM_PROTOCOL, VERIFY_PROTOCOL]
-                .iter()
-                .map(|p| p.to_string())
-                .collect(),
+            supported_protocols: [
+                HANDSHAKE_PROTOCOL,
+                CLAIM_PROTOCOL,
+                VERIFY_PROTOCOL,
+                COMPLETE_PROTOCOL,
+            ]
+            .iter()
+            .map(|p| p.to_string())
+            .collect(),
             hardware_info: Some(net::local_hardware()),
             model_cids: vec![self.config.scout_model_cid.clone()],
         };
@@ -661,6 +699,15 @@ impl Node {
                     }
                 }
             }
+            ToNetwork::Spend { payer, tokens } => {
+                // Credits earned and not yet written count first.
+                self.flush_credits();
+                if let Err(e) = self.config.ledger.update(&payer, |r, _| {
+                    r.credits = r.credits.saturating_sub(tokens);
+                }) {
+                    tracing::error!(error = %e, "cannot spend credits");
+                }
+            }
             ToNetwork::Credit { scout, tokens } => {
                 *self.credits.entry(scout).or_insert(0) += tokens;
             }
@@ -741,7 +788,12 @@ impl Node {
         net::handshake_message(
             &self.key,
             pb::NodeType::Oracle,
-            &[HANDSHAKE_PROTOCOL, CLAIM_PROTOCOL, VERIFY_PROTOCOL],
+            &[
+                HANDSHAKE_PROTOCOL,
+                CLAIM_PROTOCOL,
+                VERIFY_PROTOCOL,
+                COMPLETE_PROTOCOL,
+            ],
             Some(net::local_hardware()),
             vec![self.config.scout_model_cid.clone()],
             self.config.certificate.clone(),
@@ -796,6 +848,17 @@ impl Node {
             }) => self.claim(peer, request, channel),
             OracleBehaviourEvent::Claim(Rr::InboundFailure { peer, error, .. }) => {
                 tracing::debug!(%peer, %error, "bad claim");
+            }
+            OracleBehaviourEvent::Complete(Rr::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            }) => self.completion(peer, request, channel),
+            OracleBehaviourEvent::Complete(Rr::InboundFailure { peer, error, .. }) => {
+                tracing::debug!(%peer, %error, "bad completion request");
             }
             OracleBehaviourEvent::Verify(Rr::Message {
                 peer,
@@ -1018,6 +1081,43 @@ impl Node {
         });
     }
 
+    /// A leech (or a scout) asks for an answer: after its handshake, within
+    /// the rate limits, answered off the event loop.
+    fn completion(
+        &mut self,
+        peer: PeerId,
+        request: pb::CompletionRequest,
+        channel: ResponseChannel<pb::CompletionResponse>,
+    ) {
+        let refuse = |code: &str, why: &str| pb::CompletionResponse {
+            ack: Some(net::ack_error(code, why)),
+            ..Default::default()
+        };
+        let known = self.peers.get(&peer).is_some_and(|p| p.role.is_some());
+        let refusal = if !self.rate_ok(&peer) {
+            Some(refuse("UNAVAILABLE", "too many requests: slow down"))
+        } else if !known {
+            Some(refuse("PERMISSION_DENIED", "handshake first"))
+        } else {
+            None
+        };
+        if let Some(response) = refusal {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .complete
+                .send_response(channel, response);
+            return;
+        }
+        tracing::debug!(%peer, "p2p completion");
+        let completions = self.completions.clone();
+        let done = self.completions_done.0.clone();
+        tokio::spawn(async move {
+            let response = completions.answer(peer, request).await;
+            let _ = done.send((channel, response)).await;
+        });
+    }
+
     /// Every scout that claims a golden ticket gets a run of its own.
     fn claim_golden(
         &mut self,
@@ -1071,9 +1171,12 @@ impl Node {
             return;
         };
         let step = match result {
+            // A replayed answer (another round's, another ticket's) fails.
             Some(r)
                 if *owner == peer
                     && r.session_id == session
+                    && r.round == run.round()
+                    && r.work_cid == run.work_cid()
                     && key.is_some_and(|k| r.verify_signature(&k).is_ok()) =>
             {
                 run.answer(&r.token_ids, deadline)
