@@ -153,6 +153,22 @@ enum Command {
     ScoutGone(PeerId),
 }
 
+/// Alternatives a greedy session records per output token, so its answer can
+/// later judge scouts as a golden ticket (is a scout's draft among the
+/// target's likely tokens?). Costs a top-k over the logits per token.
+pub const GOLDEN_ALTERNATIVES: usize = shared_model::session::MAX_TOP_LOGPROBS;
+
+/// `SessionConfig::top_logprobs` for a request that asked for `asked`
+/// alternatives: greedy sessions record [`GOLDEN_ALTERNATIVES`] whatever the
+/// client asked (it sees only what it asked for).
+pub fn alternatives_to_record(params: &SamplingParams, asked: Option<usize>) -> Option<usize> {
+    match asked {
+        Some(n) if params.is_greedy() => Some(n.max(GOLDEN_ALTERNATIVES)),
+        Some(n) => Some(n),
+        None => params.is_greedy().then_some(GOLDEN_ALTERNATIVES),
+    }
+}
+
 /// What the engine asks of the network layer.
 #[derive(Debug, Clone)]
 pub enum ToNetwork {
@@ -208,8 +224,9 @@ pub enum ToNetwork {
         id: SessionId,
         /// For a session that finished: its prompt and verified output.
         finished: Option<(Vec<u32>, Vec<u32>)>,
-        /// Whether the output may serve as a golden ticket (greedy, ran its course).
-        golden: bool,
+        /// When the output may serve as a golden ticket (greedy, ran its
+        /// course): the target's most likely tokens at each output position.
+        golden: Option<Vec<Vec<u32>>>,
     },
 }
 
@@ -430,6 +447,9 @@ struct Live {
     events: tokio::sync::mpsc::Sender<SessionEvent>,
     /// Whose credit pays for it.
     payer: Option<PeerId>,
+    /// The target's most likely tokens at each output position so far (when
+    /// the session reports alternatives): what golden tickets judge by.
+    top: Vec<Vec<u32>>,
     submitted: Instant,
     last_token: Option<Instant>,
 }
@@ -708,6 +728,7 @@ impl<B: Backend> Engine<B> {
                         Live {
                             events,
                             payer,
+                            top: Vec::new(),
                             submitted: Instant::now(),
                             last_token: None,
                         },
@@ -811,10 +832,17 @@ impl<B: Backend> Engine<B> {
                             context[stats.prompt_tokens..].to_vec(),
                         )
                     });
-                    let golden = done
+                    let top = self
+                        .sessions
+                        .get_mut(&id)
+                        .map(|l| std::mem::take(&mut l.top))
+                        .unwrap_or_default();
+                    let golden = (done
                         && params.is_greedy()
                         && matches!(finish, Finish::Stopped(_))
-                        && stats.generated_tokens >= 8;
+                        && stats.generated_tokens >= 8
+                        && top.iter().all(|t| !t.is_empty()))
+                    .then_some(top);
                     let _ = network.try_send(ToNetwork::Ended {
                         id,
                         finished,
@@ -878,6 +906,11 @@ impl<B: Backend> Engine<B> {
                 }
             }
             live.last_token = Some(now);
+            live.top.extend(
+                tokens
+                    .iter()
+                    .map(|t| t.top.iter().map(|a| a.token).collect::<Vec<u32>>()),
+            );
             let drafted = tokens.iter().filter(|t| t.drafted).count();
             if let Some(remote) = self.remote.get(&id)
                 && drafted > 0

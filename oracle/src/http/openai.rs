@@ -177,6 +177,9 @@ struct Job {
     prompt_tokens: usize,
     /// Whether to report logprobs.
     logprobs: bool,
+    /// Alternatives per token the client asked for (the session may record
+    /// more, for golden tickets).
+    top_n: usize,
     include_usage: bool,
     /// Characters of completion text so far (legacy `text_offset`).
     text_offset: usize,
@@ -455,7 +458,7 @@ async fn generate(
             max_new_tokens,
             stop_tokens: state.tokenizer.end_of_generation_tokens(),
             max_context,
-            top_logprobs,
+            top_logprobs: crate::engine::alternatives_to_record(&params, top_logprobs),
         },
     )
     .map_err(|e| ApiError::invalid(e.to_string(), Some(prompt_param)))?;
@@ -489,6 +492,7 @@ async fn generate(
         model: state.info.id.clone(),
         prompt_tokens,
         logprobs: top_logprobs.is_some(),
+        top_n: top_logprobs.unwrap_or(0),
         include_usage: common
             .stream_options
             .as_ref()
@@ -806,6 +810,7 @@ impl Job {
                         let top: Vec<Value> = t
                             .top
                             .iter()
+                            .take(self.top_n)
                             .map(|a| {
                                 let b = piece(a.token);
                                 json!({"token": text(&b), "logprob": a.logprob, "bytes": b})
@@ -835,6 +840,7 @@ impl Job {
                     let top: serde_json::Map<String, Value> = t
                         .top
                         .iter()
+                        .take(self.top_n)
                         .map(|a| (text(&piece(a.token)), json!(a.logprob)))
                         .collect();
                     tops.push(Value::Object(top));

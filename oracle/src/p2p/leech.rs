@@ -76,7 +76,7 @@ impl Completions {
                 max_new_tokens,
                 stop_tokens: self.tokenizer.end_of_generation_tokens(),
                 max_context: self.max_context,
-                top_logprobs: None,
+                top_logprobs: crate::engine::alternatives_to_record(&params, None),
             },
         ) {
             Ok(s) => s,

@@ -479,8 +479,8 @@ impl Node {
                 self.golden_rounds.insert(id, session);
             }
             Step::Done { passed } => {
-                if let Some((peer, _)) = self.golden.remove(&session) {
-                    tracing::info!(%peer, passed, "golden ticket scored");
+                if let Some((peer, run)) = self.golden.remove(&session) {
+                    tracing::info!(%peer, passed, summary = %run.summary(), "golden ticket scored");
                     self.check(peer, passed);
                 }
             }
@@ -504,14 +504,6 @@ impl Node {
             tracing::warn!(%peer, banned_for_s = until.saturating_sub(now) / 1000, "scout banned");
             let _ = self.swarm.disconnect_peer_id(peer);
         }
-    }
-
-    fn is_banned(&self, peer: &PeerId) -> bool {
-        self.config
-            .ledger
-            .get(peer)
-            .map(|r| r.is_banned(now_ms()))
-            .unwrap_or(false)
     }
 
     /// Takes a token from the peer's and its IP's buckets.
@@ -694,8 +686,8 @@ impl Node {
                 self.work.retain(|_, w| w.id != id);
                 if let Some((prompt, output)) = finished {
                     self.publish_result(id, &prompt, output.clone());
-                    if golden {
-                        self.tickets.add(prompt, output);
+                    if let Some(top) = golden {
+                        self.tickets.add(prompt, output, top);
                     }
                 }
             }
@@ -747,11 +739,9 @@ impl Node {
                         },
                     );
                 }
-                if self.is_banned(&peer_id) {
-                    tracing::info!(%peer_id, "banned peer connected: closing");
-                    let _ = self.swarm.disconnect_peer_id(peer_id);
-                    return;
-                }
+                // A banned peer is refused at its handshake, with the end of
+                // its ban (so a well-behaved scout waits it out), and closed;
+                // one that never handshakes is closed by the handshake timeout.
                 if endpoint.is_dialer() {
                     // We dialled (a bootstrap oracle): we send the handshake.
                     let hello = self.our_handshake();
