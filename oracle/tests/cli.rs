@@ -385,6 +385,8 @@ fn network_commands_refuse_bad_input_clearly() {
     let m = m.to_str().unwrap();
     let d = dir.to_str().unwrap();
     let g = garbage.to_str().unwrap();
+    let empty = dir.join("empty");
+    let e = empty.to_str().unwrap();
     for (args, needle) in [
         (vec!["scout", "--connect", "nonsense"], "is not a multiaddr"),
         (
@@ -406,6 +408,42 @@ fn network_commands_refuse_bad_input_clearly() {
             "is not a key",
         ),
         (vec!["network-key", "--out", g], "not overwriting"),
+        (
+            vec!["ask", "--connect", "nonsense", "hi"],
+            "is not a multiaddr",
+        ),
+        (
+            vec!["ask", "--connect", "/ip4/127.0.0.1/tcp/1", "hi"],
+            "does not end in /p2p/",
+        ),
+        (
+            vec![
+                "ask",
+                "--connect",
+                "/ip4/127.0.0.1/tcp/1",
+                "--max-tokens",
+                "0",
+                "hi",
+            ],
+            "--max-tokens must be between 1 and 1024",
+        ),
+        (
+            vec![
+                "ask",
+                "--connect",
+                "/ip4/127.0.0.1/tcp/1",
+                "--stop",
+                "",
+                "hi",
+            ],
+            "stop[0]",
+        ),
+        // No scout key there: a new one would have no credit.
+        (vec!["credit-token", "--data-dir", e], "no scout key at"),
+        (
+            vec!["credit-token", "--data-dir", e, "--days", "0"],
+            "--days must be between 1 and 366",
+        ),
     ] {
         let out = oracle(&args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");

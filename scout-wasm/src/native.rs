@@ -68,7 +68,7 @@ pub async fn run<B: Backend>(
         _ => return Err(ScoutRunError::NoPeerId(config.connect.clone())),
     };
     install_crypto_provider();
-    let mut swarm = build_swarm(&key, &config.timeouts, |key, t| ScoutBehaviour::new(key, t))?;
+    let mut swarm = build_swarm(&key, &config.timeouts, ScoutBehaviour::new)?;
     listen_for_webrtc(&mut swarm, &config.connect)?;
     let mut node = Node {
         key,

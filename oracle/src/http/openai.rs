@@ -266,7 +266,6 @@ pub(super) async fn completions(
         prompt,
         "prompt",
         common,
-        None,
         top,
     )
     .await
@@ -385,7 +384,9 @@ pub(super) async fn chat_completions(
         }
         _ => None,
     };
-    let max_tokens = req.max_completion_tokens.or(common.max_tokens);
+    // Chat's newer name for the limit wins over the old one.
+    let mut common = common;
+    common.max_tokens = req.max_completion_tokens.or(common.max_tokens);
     generate(
         state,
         &headers,
@@ -393,7 +394,6 @@ pub(super) async fn chat_completions(
         prompt,
         "messages",
         common,
-        max_tokens,
         top,
     )
     .await
@@ -407,7 +407,6 @@ async fn generate(
     prompt: Vec<u32>,
     prompt_param: &str,
     common: Common,
-    max_tokens_override: Option<u64>,
     top_logprobs: Option<usize>,
 ) -> Result<Response, ApiError> {
     check_model(&state, common.model.as_deref())?;
@@ -429,7 +428,7 @@ async fn generate(
         ));
     }
     let room = max_context - prompt.len();
-    let max_new_tokens = match max_tokens_override.or(common.max_tokens) {
+    let max_new_tokens = match common.max_tokens {
         None => room,
         Some(0) => {
             return Err(ApiError::invalid(
