@@ -821,14 +821,11 @@ fn contributors_wait_ahead_of_leeches_and_leeches_ask_over_p2p() {
     let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let model = json_of(&addr, "/v1/models")["data"][0]["id"].clone();
     let body = json!({"model": model, "prompt": PROMPTS[3], "max_tokens": 4, "temperature": 0});
+    let post = |headers: &[(&str, &str)]| {
+        http_with(&addr, "POST", "/v1/completions", Some(&body), headers)
+    };
     let before = credits();
-    let (status, head, reply) = http_with(
-        &addr,
-        "POST",
-        "/v1/completions",
-        Some(&body),
-        &[("X-Shard-Credit", &token)],
-    );
+    let (status, head, reply) = post(&[("X-Shard-Credit", &token)]);
     assert_eq!(status, 200, "{reply}");
     assert!(head.contains("x-shard-priority: contributor"), "{head}");
     let used = serde_json::from_str::<Value>(&reply).unwrap()["usage"]["completion_tokens"]
@@ -838,16 +835,10 @@ fn contributors_wait_ahead_of_leeches_and_leeches_ask_over_p2p() {
         credits() == before.saturating_sub(used)
     });
     let forged = token.replace("shard-credit.1.", "shard-credit.1.00");
-    let (status, _, reply) = http_with(
-        &addr,
-        "POST",
-        "/v1/completions",
-        Some(&body),
-        &[("X-Shard-Credit", &forged)],
-    );
+    let (status, _, reply) = post(&[("X-Shard-Credit", &forged)]);
     assert_eq!(status, 401, "{reply}");
     assert!(reply.contains("invalid_credit_token"), "{reply}");
-    let (status, head, _) = http_with(&addr, "POST", "/v1/completions", Some(&body), &[]);
+    let (status, head, _) = post(&[]);
     assert_eq!(status, 200);
     assert!(head.contains("x-shard-priority: normal"), "{head}");
 
