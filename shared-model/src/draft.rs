@@ -76,7 +76,18 @@ impl<D: Backend> DraftModel<D> {
 
     /// Drafts for every job, in `k` batched passes at most. Returns one
     /// [`Draft`] per job, in order; a job that cannot draft gets an empty one.
+    /// Blocks on each readback: for native backends ([`Self::draft_async`] is
+    /// the same loop).
     pub fn draft(&self, jobs: &mut [DraftJob<'_, D>]) -> Result<Vec<Draft>, ModelError> {
+        futures::executor::block_on(self.draft_async(jobs))
+    }
+
+    /// [`Self::draft`], awaiting each readback instead of blocking: the only
+    /// way on WebGPU in a browser, where a thread may not wait for the GPU.
+    pub async fn draft_async(
+        &self,
+        jobs: &mut [DraftJob<'_, D>],
+    ) -> Result<Vec<Draft>, ModelError> {
         let mut drafts = vec![Draft::default(); jobs.len()];
         // Each job's next input: first the context the draft has not seen.
         let mut feeds: Vec<Vec<u32>> = Vec::with_capacity(jobs.len());
@@ -123,7 +134,7 @@ impl<D: Backend> DraftModel<D> {
                 self.model.forward_batch(&mut items)?
             };
             let rows = match logits {
-                Some(l) => self.model.logits_to_rows(l)?,
+                Some(l) => self.model.logits_to_rows_async(l).await?,
                 None => Vec::new(),
             };
             for (&i, row) in active.iter().zip(rows) {

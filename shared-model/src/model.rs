@@ -589,12 +589,33 @@ impl<B: Backend> Llama<B> {
     /// Reads `[n, v]` logits back to the host, one row per position.
     pub fn logits_to_rows(&self, logits: Tensor<B, 2>) -> Result<Vec<Vec<f32>>, ModelError> {
         let [_, v] = logits.dims();
-        let flat = logits
-            .into_data()
-            .to_vec::<f32>()
+        let data = logits
+            .try_into_data()
             .map_err(|e| ModelError::Readback(format!("{e:?}")))?;
-        Ok(flat.chunks_exact(v).map(<[f32]>::to_vec).collect())
+        rows_of(data, v)
     }
+
+    /// [`Self::logits_to_rows`], awaiting the device (WebGPU in a browser
+    /// cannot block on a readback).
+    pub async fn logits_to_rows_async(
+        &self,
+        logits: Tensor<B, 2>,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let [_, v] = logits.dims();
+        let data = logits
+            .into_data_async()
+            .await
+            .map_err(|e| ModelError::Readback(format!("{e:?}")))?;
+        rows_of(data, v)
+    }
+}
+
+/// `[n, v]` logits as `n` rows of `v`.
+fn rows_of(data: burn::tensor::TensorData, v: usize) -> Result<Vec<Vec<f32>>, ModelError> {
+    let flat = data
+        .to_vec::<f32>()
+        .map_err(|e| ModelError::Readback(format!("{e:?}")))?;
+    Ok(flat.chunks_exact(v).map(<[f32]>::to_vec).collect())
 }
 
 /// Keys and values of every layer, f32.
