@@ -26,6 +26,7 @@ test('WebGPU runs a compute shader in headless Chromium', async ({ page }) => {
     if (!navigator.gpu) return { error: 'navigator.gpu is missing' };
     const adapter = await navigator.gpu.requestAdapter();
     if (!adapter) return { error: 'no WebGPU adapter' };
+    const features = [...adapter.features].sort();
     const device = await adapter.requestDevice();
     // Doubles four numbers on the GPU and reads them back.
     const module = device.createShaderModule({
@@ -61,8 +62,18 @@ test('WebGPU runs a compute shader in headless Chromium', async ({ page }) => {
     encoder.copyBufferToBuffer(storage, 0, readback, 0, input.byteLength);
     device.queue.submit([encoder.finish()]);
     await readback.mapAsync(GPUMapMode.READ);
-    return { output: Array.from(new Float32Array(readback.getMappedRange())) };
+    return {
+      output: Array.from(new Float32Array(readback.getMappedRange())),
+      features,
+      maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize,
+    };
   });
   expect(result.error).toBeUndefined();
   expect(result.output).toEqual([2, 4, 6, 9]);
+  console.log(`WebGPU adapter features: ${result.features.join(', ')}`);
+  // burn's WebGPU runtime (cubecl-wgpu 0.10) panics on wasm without
+  // timestamp queries; the draft model's largest tensor (the 49,152 × 576
+  // embedding, f32) needs a storage binding over 100 MiB.
+  expect(result.features).toContain('timestamp-query');
+  expect(result.maxStorageBufferBindingSize).toBeGreaterThanOrEqual(49152 * 576 * 4);
 });
