@@ -28,7 +28,8 @@ pub(crate) struct Completions {
     pub(crate) ledger: Arc<Ledger>,
 }
 
-fn refusal(code: &str, why: &str) -> pb::CompletionResponse {
+/// A completion refused with `code` (seed 004's names) and a reason.
+pub(super) fn refusal(code: &str, why: &str) -> pb::CompletionResponse {
     pb::CompletionResponse {
         ack: Some(net::ack_error(code, why)),
         ..Default::default()

@@ -32,7 +32,7 @@ use crate::metrics::Metrics;
 use crate::scheduler::SessionId;
 use crate::trust::{Ledger, RateLimiter};
 
-use super::leech::Completions;
+use super::leech::{self, Completions};
 
 /// The network's settings.
 #[derive(Clone)]
@@ -1079,15 +1079,14 @@ impl Node {
         request: pb::CompletionRequest,
         channel: ResponseChannel<pb::CompletionResponse>,
     ) {
-        let refuse = |code: &str, why: &str| pb::CompletionResponse {
-            ack: Some(net::ack_error(code, why)),
-            ..Default::default()
-        };
         let known = self.peers.get(&peer).is_some_and(|p| p.role.is_some());
         let refusal = if !self.rate_ok(&peer) {
-            Some(refuse("UNAVAILABLE", "too many requests: slow down"))
+            Some(leech::refusal(
+                "UNAVAILABLE",
+                "too many requests: slow down",
+            ))
         } else if !known {
-            Some(refuse("PERMISSION_DENIED", "handshake first"))
+            Some(leech::refusal("PERMISSION_DENIED", "handshake first"))
         } else {
             None
         };
