@@ -65,9 +65,9 @@ step "cargo clippy (native, -D warnings)" cargo clippy --locked --workspace --al
 # The wasm32 crates are libraries (no linking), so clippy proves they build for the
 # browser without LLVM's codegen of burn's WebGPU stack; the web app's trunk build
 # (below) is the real wasm32 compile and link.
-step "cargo clippy (wasm32: shared-proto; shared-model and scout-wasm on WebGPU; -D warnings)" \
+step "cargo clippy (wasm32: shared-proto; shared-model and scout-wasm on WebGPU and CPU; -D warnings)" \
     scripts/wasm-cargo clippy --locked -p shared-proto -p shared-model -p scout-wasm \
-    --no-default-features --features shared-model/webgpu -- -D warnings
+    --no-default-features --features scout-wasm/webgpu,scout-wasm/cpu -- -D warnings
 RESULTS="$(mktemp)"
 trap 'rm -f "$RESULTS"' EXIT
 cargo_tests() {

@@ -46,6 +46,24 @@ enum Command {
     },
     /// Generate a continuation of a prompt, optionally with speculative decoding.
     Generate(GenerateArgs),
+    /// Print, as JSON, the CPU's logits at each position of a token sequence
+    /// (the first `--values` of each row, and its argmax): the reference
+    /// other backends (WebGPU in the browser tests) are compared with.
+    #[command(hide = true)]
+    Logits {
+        /// GGUF model file.
+        #[arg(long)]
+        model: PathBuf,
+        /// Blocks of the model to keep (all when absent).
+        #[arg(long)]
+        layers: Option<usize>,
+        /// Token ids, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        tokens: Vec<u32>,
+        /// Values printed per row.
+        #[arg(long, default_value_t = 16)]
+        values: usize,
+    },
     /// Measure load, prefill, decode and k-token forward-pass speed.
     Bench {
         /// GGUF model file.
@@ -178,6 +196,27 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Logits {
+            model,
+            layers,
+            tokens,
+            values,
+        } => {
+            let mut gguf = open(&model)?;
+            let llama = load_model::<Cpu>(&mut gguf, &model, &cpu_device(), layers)?;
+            let mut cache = llama.new_cache_with_limit(tokens.len());
+            let logits = llama
+                .forward(&tokens, &mut cache, Logits::All)
+                .context("the forward pass failed")?;
+            let rows = llama.logits_to_rows(logits)?;
+            let argmax: Vec<u32> = rows
+                .iter()
+                .map(|r| shared_model::sampling::argmax(r))
+                .collect();
+            let rows: Vec<&[f32]> = rows.iter().map(|r| &r[..values.min(r.len())]).collect();
+            println!("{}", serde_json::json!({ "rows": rows, "argmax": argmax }));
+            Ok(())
+        }
         Command::Tokenize { model, text, json } => {
             let tokenizer = load_tokenizer(&open(&model)?, &model)?;
             let ids = tokenizer.encode(&text, EncodeOptions::TEXT);

@@ -93,6 +93,8 @@ pub struct Metrics {
     pub results_published: Counter,
     /// Results received on `shard-work-result`, by validity.
     pub results_received: Family<ValidLabels, Counter>,
+    /// Bytes of model files sent to browsers (`/models/{name}`).
+    pub model_bytes_served: Counter,
 }
 
 impl Default for Metrics {
@@ -130,6 +132,7 @@ impl Metrics {
             bans: Counter::default(),
             results_published: Counter::default(),
             results_received: Family::default(),
+            model_bytes_served: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -242,6 +245,11 @@ impl Metrics {
             "shard_results_received",
             "Results received on shard-work-result, by validity",
             m.results_received.clone(),
+        );
+        registry.register(
+            "shard_model_bytes_served",
+            "Bytes of model files sent over HTTP",
+            m.model_bytes_served.clone(),
         );
         Metrics { registry, ..m }
     }

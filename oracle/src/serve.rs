@@ -136,6 +136,10 @@ pub struct ServeArgs {
     /// Seconds between golden tickets slipped to scouts [default: 30].
     #[arg(long)]
     pub golden_interval_s: Option<f64>,
+    /// Blocks of the scout model browser scouts load [default: all]; fewer
+    /// draft worse but keep up on slow devices.
+    #[arg(long)]
+    pub scout_layers: Option<usize>,
 }
 
 /// Settings with every default filled in.
@@ -196,6 +200,8 @@ pub struct P2pConfig {
     pub scout_model: PathBuf,
     /// Time between golden tickets.
     pub golden_interval: Duration,
+    /// Blocks of the scout model browsers load (all when absent).
+    pub scout_layers: Option<usize>,
 }
 
 /// Where the p2p node listens unless told otherwise.
@@ -269,6 +275,10 @@ impl ServeArgs {
                         "--golden-interval-s must be between 0.1 and 86400"
                     );
                     Duration::from_secs_f64(s)
+                },
+                scout_layers: match a.scout_layers.or(file.scout_layers) {
+                    Some(0) => anyhow::bail!("--scout-layers must be at least 1"),
+                    layers => layers,
                 },
             })
         };
@@ -524,6 +534,7 @@ pub fn build<B: Backend>(config: &ServeConfig, device: &B::Device) -> anyhow::Re
         started: Instant::now(),
         network: p2p::NetView::default(),
         trust: std::sync::OnceLock::new(),
+        scout_model: std::sync::OnceLock::new(),
     });
     Ok(Server {
         app: http::router(state.clone()),
@@ -539,6 +550,12 @@ pub fn start_network(config: &ServeConfig, server: &mut Server) -> anyhow::Resul
     };
     let scout_model_cid = scout_wasm::native::model_cid_of_file(&p2p.scout_model)
         .with_context(|| format!("cannot read the scout model {}", p2p.scout_model.display()))?;
+    let served =
+        http::ServedModel::new(p2p.scout_model.clone(), &scout_model_cid, p2p.scout_layers)
+            .with_context(|| {
+                format!("cannot read the scout model {}", p2p.scout_model.display())
+            })?;
+    let _ = server.state.scout_model.set(served);
     let certificate = load_certificate(&config.data_dir)?;
     let ledger_path = config.data_dir.join("trust.redb");
     let ledger = Arc::new(

@@ -794,3 +794,99 @@ async fn the_websocket_streams_engine_events() {
     }
     traffic.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scout_model_downloads_with_ranges_etags_and_no_api_key() {
+    let server = server_with(ServeArgs {
+        api_key: Some("sesame".into()),
+        ..Default::default()
+    });
+    let dir = std::env::temp_dir().join(format!("shard-models-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("draft model.gguf");
+    let bytes: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&path, &bytes).unwrap();
+    let cid = scout_wasm::native::model_cid_of_file(&path).unwrap();
+    let served = oracle::http::ServedModel::new(path, &cid, Some(2)).unwrap();
+    let (url, etag) = (served.url.clone(), format!("\"{}\"", served.sha256));
+    assert_eq!(url, "/models/draft%20model.gguf");
+    server.state.scout_model.set(served).unwrap();
+    let app = &server.app;
+    let with = |name: header::HeaderName, value: &str| {
+        Request::get(&url)
+            .header(name, value)
+            .body(Body::empty())
+            .unwrap()
+    };
+
+    // Whole file, public although the API needs a key.
+    let (status, headers, body) = send(app, get(&url)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, bytes);
+    assert_eq!(headers[header::ETAG], etag.as_str());
+    assert_eq!(headers[header::ACCEPT_RANGES], "bytes");
+    assert_eq!(headers[header::CACHE_CONTROL], "no-cache");
+
+    // Ranges, for resuming.
+    let (status, headers, body) = send(app, with(header::RANGE, "bytes=10-19")).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, &bytes[10..20]);
+    assert_eq!(headers[header::CONTENT_RANGE], "bytes 10-19/5000");
+    let (status, _, body) = send(app, with(header::RANGE, "bytes=4990-")).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, &bytes[4990..]);
+    let (status, _, _) = send(app, with(header::RANGE, "bytes=6000-")).await;
+    assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE);
+
+    // A range only while the file is the one the client started on.
+    let resume = Request::get(&url)
+        .header(header::RANGE, "bytes=100-")
+        .header(header::IF_RANGE, etag.as_str())
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, body) = send(app, resume).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, &bytes[100..]);
+    let stale = Request::get(&url)
+        .header(header::RANGE, "bytes=100-")
+        .header(header::IF_RANGE, "\"another file\"")
+        .body(Body::empty())
+        .unwrap();
+    let (status, _, body) = send(app, stale).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, bytes);
+
+    // Revalidation.
+    let (status, _, body) = send(app, with(header::IF_NONE_MATCH, &etag)).await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    assert!(body.is_empty());
+    let (status, _, body) = send(app, with(header::IF_NONE_MATCH, "\"old\"")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body.len(), 5000);
+
+    // Unknown names are 404s with an error code, never a file from elsewhere.
+    for name in [
+        "/models/other.gguf",
+        "/models/..%2Fetc%2Fpasswd",
+        "/models/draft",
+    ] {
+        let (status, v) = json_of(app, get(name)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{name}");
+        assert_eq!(v["error"]["code"], "model_not_found");
+    }
+
+    // Status says where the model is; metrics count what was sent.
+    let status_request = Request::get("/api/status")
+        .header(header::AUTHORIZATION, "Bearer sesame")
+        .body(Body::empty())
+        .unwrap();
+    let (_, v) = json_of(app, status_request).await;
+    assert_eq!(v["scout_model"]["url"], url.as_str());
+    assert_eq!(v["scout_model"]["size"], 5000);
+    assert_eq!(v["scout_model"]["layers"], 2);
+    assert_eq!(v["scout_model"]["sha256"].as_str().unwrap().len(), 64);
+    assert!(v["scout_model"].get("path").is_none());
+    let sent = metric(&metrics_text(app).await, "shard_model_bytes_served_total");
+    assert_eq!(sent, (5000 + 10 + 10 + 4900 + 5000 + 5000) as f64);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

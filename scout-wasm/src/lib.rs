@@ -10,6 +10,8 @@
 //!   gossipsub with validation, handshake rules) — the oracle uses them too;
 //! - [`behaviour`]: the scout's libp2p behaviour;
 //! - [`wire`]: sampling settings across the wire;
+//! - [`bridge`]: messages between a browser scout's page and its model worker;
+//! - `browser` (wasm32 only): the model worker and the page's node;
 //! - `native` (not on wasm32): the desktop runtime with TCP, QUIC, WebSocket
 //!   and WebRTC-direct, run by `oracle scout`;
 //! - `leech` (not on wasm32): one completion asked of an oracle over p2p, on
@@ -17,6 +19,9 @@
 #![deny(missing_docs)]
 
 pub mod behaviour;
+pub mod bridge;
+#[cfg(target_arch = "wasm32")]
+pub mod browser;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod leech;
 #[cfg(not(target_arch = "wasm32"))]

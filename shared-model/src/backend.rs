@@ -37,15 +37,43 @@ pub fn cuda_device(index: usize) -> burn::backend::cuda::CudaDevice {
 #[cfg(feature = "webgpu")]
 pub type WebGpu = burn::backend::WebGpu<f32, i32>;
 
+/// What the WebGPU adapter the model runs on says about itself.
+#[cfg(feature = "webgpu")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebGpuInfo {
+    /// The adapter's name (e.g. `SwiftShader Device (Subzero)`), else its vendor.
+    pub adapter: String,
+    /// The graphics API wgpu drives it through (`BrowserWebGpu` in a browser).
+    pub api: String,
+    /// Whether the adapter offers `shader-f16`.
+    pub shader_f16: bool,
+    /// The largest storage buffer one binding may cover, bytes.
+    pub max_storage_buffer_binding_size: u64,
+}
+
 /// Sets up the default WebGPU device. Must complete before any tensor is made
 /// on it; in a browser the synchronous setup would panic.
 #[cfg(feature = "webgpu")]
-pub async fn init_webgpu() -> burn::backend::wgpu::WgpuDevice {
+pub async fn init_webgpu() -> (burn::backend::wgpu::WgpuDevice, WebGpuInfo) {
     let device = burn::backend::wgpu::WgpuDevice::default();
-    burn::backend::wgpu::init_setup_async::<burn::backend::wgpu::graphics::WebGpu>(
+    let setup = burn::backend::wgpu::init_setup_async::<burn::backend::wgpu::graphics::WebGpu>(
         &device,
         Default::default(),
     )
     .await;
-    device
+    let info = setup.adapter.get_info();
+    let adapter = if info.name.is_empty() {
+        info.vendor.to_string()
+    } else {
+        info.name.clone()
+    };
+    // burn does not re-export wgpu's `Features`; its Debug form names each flag.
+    let features = format!("{:?}", setup.adapter.features());
+    let info = WebGpuInfo {
+        adapter,
+        api: format!("{:?}", setup.backend),
+        shader_f16: features.contains("SHADER_F16"),
+        max_storage_buffer_binding_size: setup.adapter.limits().max_storage_buffer_binding_size,
+    };
+    (device, info)
 }

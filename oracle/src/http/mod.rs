@@ -3,6 +3,7 @@
 //! web app's files at `/`.
 
 mod error;
+mod models;
 mod openai;
 
 use std::net::SocketAddr;
@@ -24,6 +25,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::services::ServeDir;
 
 pub use error::ApiError;
+pub use models::ServedModel;
 
 use crate::chat::ChatTemplate;
 use crate::engine::EngineHandle;
@@ -85,6 +87,9 @@ pub struct AppState {
     pub network: crate::p2p::NetView,
     /// Scouts' reputation, credits and bans, once the p2p node runs.
     pub trust: std::sync::OnceLock<Arc<crate::trust::Ledger>>,
+    /// The draft model scouts must hold, served at `/models/{name}` once the
+    /// p2p node runs.
+    pub scout_model: std::sync::OnceLock<ServedModel>,
 }
 
 /// The whole HTTP application.
@@ -109,6 +114,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(protected)
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/models/{name}", get(models::model_file))
         .fallback_service(web)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -226,7 +232,9 @@ async fn count_requests(
     next: Next,
 ) -> Response {
     let path = request.uri().path();
-    let endpoint = if path.starts_with("/v1/")
+    let endpoint = if path.starts_with("/models/") {
+        "/models".to_owned()
+    } else if path.starts_with("/v1/")
         || path.starts_with("/api/")
         || matches!(path, "/health" | "/metrics" | "/ws")
     {
@@ -280,6 +288,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
         "draft_tokens_proposed": m.draft_tokens_proposed.get(),
         "draft_tokens_accepted": m.draft_tokens_accepted.get(),
         "scouts_connected": m.scouts_connected.get(),
+        "scout_model": state.scout_model.get(),
         "p2p": state.network.read().ok().map(|n| json!({
             "peer_id": n.peer_id,
             "listen_addrs": n.listen_addrs,

@@ -1,0 +1,92 @@
+// Starts a real `oracle serve` (the debug binary `cargo test` built) for the
+// browser tests, serving the web app from webapp/dist, and stops it after.
+const { spawn, execFileSync } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const readline = require('node:readline');
+
+const ROOT = path.resolve(__dirname, '..', '..');
+const TARGET = process.env.CARGO_TARGET_DIR || path.join(ROOT, 'target');
+const ORACLE = path.join(TARGET, 'debug', 'oracle');
+const MODEL = path.join(
+  process.env.SHARD_MODELS_DIR || path.join(ROOT, 'models'),
+  'SmolLM2-135M-Instruct.Q4_1.gguf',
+);
+const WEB_DIR = path.join(ROOT, 'webapp', 'dist');
+
+function checkBuilt() {
+  for (const [file, how] of [
+    [ORACLE, 'cargo build -p oracle'],
+    [path.join(WEB_DIR, 'scout_worker_bg.wasm'), 'TRUNK_OFFLINE=true trunk build --config trunk.toml'],
+    [MODEL, 'scripts/setup.sh model'],
+  ]) {
+    if (!fs.existsSync(file)) throw new Error(`${file} is missing: run ${how}`);
+  }
+}
+
+/** Runs `oracle serve` with `args` added; resolves once HTTP and p2p listen. */
+async function startOracle(args = [], { p2pAddrs = 1 } = {}) {
+  checkBuilt();
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'shard-browser-'));
+  const child = spawn(
+    ORACLE,
+    [
+      'serve', '--model', MODEL, '--web-dir', WEB_DIR, '--data-dir', dataDir,
+      '--http', '127.0.0.1:0', ...args,
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' } },
+  );
+  const log = [];
+  readline.createInterface({ input: child.stderr }).on('line', (l) => log.push(l));
+  const lines = readline.createInterface({ input: child.stdout });
+  const ready = new Promise((resolve, reject) => {
+    let origin = null;
+    const p2p = [];
+    const timer = setTimeout(() => reject(new Error(`oracle did not start:\n${log.join('\n')}`)), 120_000);
+    child.on('exit', (code) => reject(new Error(`oracle exited (${code}):\n${log.join('\n')}`)));
+    lines.on('line', (line) => {
+      log.push(line);
+      if (line.startsWith('listening on http://')) origin = line.replace('listening on ', '');
+      if (line.startsWith('p2p listening on ')) p2p.push(line.replace('p2p listening on ', ''));
+      if (origin && p2p.length >= p2pAddrs) {
+        clearTimeout(timer);
+        resolve({ origin, p2p });
+      }
+    });
+  });
+  const { origin, p2p } = await ready;
+  return {
+    origin,
+    p2p,
+    log,
+    async stop() {
+      if (child.exitCode === null) {
+        child.kill('SIGTERM');
+        await new Promise((resolve) => child.once('exit', resolve));
+      }
+      fs.rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The CPU reference logits `oracle logits` prints. */
+function nativeLogits({ layers, tokens, values }) {
+  const out = execFileSync(ORACLE, [
+    'logits', '--model', MODEL, '--layers', String(layers),
+    '--tokens', tokens.join(','), '--values', String(values),
+  ]);
+  return JSON.parse(out.toString());
+}
+
+/** Collects console errors (page and its workers) and page crashes. */
+function watchConsole(page) {
+  const errors = [];
+  page.on('console', (message) => {
+    if (message.type() === 'error') errors.push(message.text());
+  });
+  page.on('pageerror', (error) => errors.push(String(error)));
+  return errors;
+}
+
+module.exports = { startOracle, nativeLogits, watchConsole, ORACLE, MODEL, ROOT };

@@ -1,0 +1,155 @@
+//! Messages between a browser scout's page (the libp2p node) and its model
+//! worker, as JSON text. Plain data, so both ends and the tests share them.
+
+use serde::{Deserialize, Serialize};
+
+/// Which backend the worker should run the draft model on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendChoice {
+    /// WebGPU when the browser offers a usable adapter, else the CPU.
+    #[default]
+    Auto,
+    /// WebGPU or an error.
+    Webgpu,
+    /// The CPU (WebAssembly), even where WebGPU exists.
+    Cpu,
+}
+
+/// The backend the model runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// burn's WebGPU backend.
+    Webgpu,
+    /// burn's CPU backend, compiled to WebAssembly.
+    Cpu,
+}
+
+impl BackendKind {
+    /// The name the web app shows.
+    pub fn label(self) -> &'static str {
+        match self {
+            BackendKind::Webgpu => "WebGPU",
+            BackendKind::Cpu => "CPU",
+        }
+    }
+}
+
+/// A message to the worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ToWorker {
+    /// Load the model at `model_url` (its first `layers` blocks), run
+    /// `tokens` through it once, then draft `draft_tokens` greedily after
+    /// them: the backend check the browser tests and benchmarks use.
+    Probe {
+        /// Where the GGUF file is.
+        model_url: String,
+        /// Blocks to keep (all when absent).
+        layers: Option<usize>,
+        /// The prompt.
+        tokens: Vec<u32>,
+        /// The backend wanted.
+        #[serde(default)]
+        backend: BackendChoice,
+        /// Logits reported per position (the first ones of each row).
+        #[serde(default = "default_values")]
+        values: usize,
+        /// Tokens to draft after the prompt, timed.
+        #[serde(default)]
+        draft_tokens: usize,
+    },
+}
+
+fn default_values() -> usize {
+    16
+}
+
+/// A message from the worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum FromWorker {
+    /// The worker runs and takes messages (earlier ones are lost).
+    Ready,
+    /// The backend the worker chose, and why when it is not WebGPU.
+    Backend {
+        /// The backend.
+        kind: BackendKind,
+        /// The WebGPU adapter's name.
+        adapter: Option<String>,
+        /// Why WebGPU is not used, when it is not.
+        fallback_reason: Option<String>,
+    },
+    /// What [`ToWorker::Probe`] measured.
+    Probe {
+        /// The backend it ran on.
+        backend: BackendKind,
+        /// Model bytes fetched.
+        model_bytes: u64,
+        /// Milliseconds to fetch the file.
+        fetch_ms: f64,
+        /// Milliseconds to parse, dequantise and upload it.
+        load_ms: f64,
+        /// Milliseconds of the first pass (includes compiling shaders).
+        first_forward_ms: f64,
+        /// The first values of each position's logits.
+        rows: Vec<Vec<f32>>,
+        /// Each position's most likely next token.
+        argmax: Vec<u32>,
+        /// The drafted tokens.
+        drafted: Vec<u32>,
+        /// Drafted tokens per second (the drafting only).
+        draft_tokens_per_s: f64,
+    },
+    /// Something failed; `kind` is stable for the page to act on.
+    Error {
+        /// `fetch`, `model`, `webgpu`, `message`.
+        kind: String,
+        /// What happened.
+        message: String,
+    },
+}
+
+impl FromWorker {
+    /// An error message.
+    pub fn error(kind: &str, message: impl std::fmt::Display) -> Self {
+        FromWorker::Error {
+            kind: kind.to_owned(),
+            message: message.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_requests_parse_with_defaults() {
+        let text = r#"{"op":"probe","model_url":"/models/m.gguf","layers":2,"tokens":[1,2]}"#;
+        let message: ToWorker = serde_json::from_str(text).expect("parses");
+        assert_eq!(
+            message,
+            ToWorker::Probe {
+                model_url: "/models/m.gguf".into(),
+                layers: Some(2),
+                tokens: vec![1, 2],
+                backend: BackendChoice::Auto,
+                values: 16,
+                draft_tokens: 0,
+            }
+        );
+        assert!(serde_json::from_str::<ToWorker>(r#"{"op":"launch"}"#).is_err());
+    }
+
+    #[test]
+    fn worker_messages_are_tagged_json() {
+        let text = serde_json::to_string(&FromWorker::error("fetch", "404")).expect("encodes");
+        assert_eq!(text, r#"{"op":"error","kind":"fetch","message":"404"}"#);
+        assert_eq!(
+            serde_json::to_string(&FromWorker::Ready).expect("encodes"),
+            r#"{"op":"ready"}"#
+        );
+    }
+}

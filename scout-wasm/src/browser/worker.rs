@@ -1,0 +1,318 @@
+//! The model worker: a dedicated Web Worker that runs the draft model.
+//!
+//! burn's WebGPU types are not `Send` and a tab's main thread must stay
+//! responsive, so the model lives here alone; the page posts [`ToWorker`]
+//! messages and gets [`FromWorker`] answers. Everything awaits: a worker may
+//! not block on the GPU.
+
+use js_sys::{Promise, Reflect, Uint8Array};
+use shared_model::backend::Backend;
+use shared_model::draft::{DraftJob, DraftModel};
+use shared_model::gguf::Gguf;
+use shared_model::model::{Llama, Logits};
+use shared_model::sampling::{SamplingParams, argmax};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
+use web_time::Instant;
+
+use crate::bridge::{BackendChoice, BackendKind, FromWorker, ToWorker};
+
+/// Starts the worker: installs the message handler and says [`FromWorker::Ready`].
+pub fn start() {
+    super::console::init();
+    let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
+    let on_message = Closure::<dyn FnMut(MessageEvent)>::new(|event: MessageEvent| {
+        let Some(text) = event.data().as_string() else {
+            post(&FromWorker::error("message", "expected a JSON string"));
+            return;
+        };
+        match serde_json::from_str::<ToWorker>(&text) {
+            Ok(message) => wasm_bindgen_futures::spawn_local(handle(message)),
+            Err(e) => post(&FromWorker::error("message", format!("bad message: {e}"))),
+        }
+    });
+    scope.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+    // The handler lives as long as the worker.
+    on_message.forget();
+    post(&FromWorker::Ready);
+}
+
+/// Sends `message` to the page.
+fn post(message: &FromWorker) {
+    let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
+    match serde_json::to_string(message) {
+        Ok(text) => {
+            if let Err(e) = scope.post_message(&JsValue::from_str(&text)) {
+                log::error!("posting to the page failed: {e:?}");
+            }
+        }
+        Err(e) => log::error!("encoding a worker message failed: {e}"),
+    }
+}
+
+async fn handle(message: ToWorker) {
+    match message {
+        ToWorker::Probe {
+            model_url,
+            layers,
+            tokens,
+            backend,
+            values,
+            draft_tokens,
+        } => {
+            let probe = Probe {
+                layers,
+                tokens,
+                values,
+                draft_tokens,
+            };
+            if let Err(message) = run_probe(&model_url, backend, &probe).await {
+                post(&message);
+            }
+        }
+    }
+}
+
+/// What a probe runs.
+struct Probe {
+    layers: Option<usize>,
+    tokens: Vec<u32>,
+    values: usize,
+    draft_tokens: usize,
+}
+
+async fn run_probe(
+    model_url: &str,
+    choice: BackendChoice,
+    probe: &Probe,
+) -> Result<(), FromWorker> {
+    let started = Instant::now();
+    let bytes = fetch_bytes(model_url).await?;
+    let fetch_ms = ms_since(started);
+    #[cfg_attr(not(feature = "webgpu"), allow(unused_variables))]
+    let (kind, fallback_reason, adapter_description) = pick_backend(choice).await?;
+    let measured = match kind {
+        #[cfg(feature = "webgpu")]
+        BackendKind::Webgpu => {
+            let (device, info) = shared_model::backend::init_webgpu().await;
+            // Browsers hide the adapter's name from wgpu; `GPUAdapter.info` has it.
+            let adapter = adapter_description.unwrap_or(info.adapter);
+            post(&FromWorker::Backend {
+                kind,
+                adapter: Some(adapter),
+                fallback_reason: None,
+            });
+            probe_on::<shared_model::backend::WebGpu>(&bytes, &device, probe).await?
+        }
+        #[cfg(feature = "cpu")]
+        BackendKind::Cpu => {
+            post(&FromWorker::Backend {
+                kind,
+                adapter: None,
+                fallback_reason,
+            });
+            let device = shared_model::backend::cpu_device();
+            probe_on::<shared_model::backend::Cpu>(&bytes, &device, probe).await?
+        }
+        #[allow(unreachable_patterns)]
+        other => {
+            return Err(FromWorker::error(
+                "backend",
+                format!("{} is not built into this worker", other.label()),
+            ));
+        }
+    };
+    post(&FromWorker::Probe {
+        backend: kind,
+        model_bytes: bytes.len() as u64,
+        fetch_ms,
+        load_ms: measured.load_ms,
+        first_forward_ms: measured.first_forward_ms,
+        rows: measured.rows,
+        argmax: measured.argmax,
+        drafted: measured.drafted,
+        draft_tokens_per_s: measured.draft_tokens_per_s,
+    });
+    Ok(())
+}
+
+struct Measured {
+    load_ms: f64,
+    first_forward_ms: f64,
+    rows: Vec<Vec<f32>>,
+    argmax: Vec<u32>,
+    drafted: Vec<u32>,
+    draft_tokens_per_s: f64,
+}
+
+async fn probe_on<B: Backend>(
+    bytes: &[u8],
+    device: &B::Device,
+    probe: &Probe,
+) -> Result<Measured, FromWorker> {
+    let model_error = |e: &dyn std::fmt::Display| FromWorker::error("model", e);
+    let started = Instant::now();
+    let mut gguf = Gguf::from_bytes(bytes).map_err(|e| model_error(&e))?;
+    let model = Llama::<B>::load(&mut gguf, device, probe.layers).map_err(|e| model_error(&e))?;
+    drop(gguf);
+    let load_ms = ms_since(started);
+
+    let started = Instant::now();
+    let mut cache = model.new_cache_with_limit(probe.tokens.len() + probe.draft_tokens + 1);
+    let logits = model
+        .forward(&probe.tokens, &mut cache, Logits::All)
+        .map_err(|e| model_error(&e))?;
+    let full_rows = model
+        .logits_to_rows_async(logits)
+        .await
+        .map_err(|e| model_error(&e))?;
+    let first_forward_ms = ms_since(started);
+    let argmax = full_rows.iter().map(|row| argmax(row)).collect();
+    let rows = full_rows
+        .into_iter()
+        .map(|row| row.into_iter().take(probe.values).collect())
+        .collect();
+
+    let draft = DraftModel::new(model);
+    let mut drafted = Vec::new();
+    let mut draft_tokens_per_s = 0.0;
+    if probe.draft_tokens > 0 {
+        let mut state = draft.new_state(probe.tokens.len() + probe.draft_tokens);
+        // Prime the cache with the prompt so the timing below is drafting only.
+        let mut prime = [DraftJob {
+            state: &mut state,
+            context: &probe.tokens,
+            k: 1,
+            params: SamplingParams::GREEDY,
+            noise_seed: 0,
+            output_start: probe.tokens.len(),
+        }];
+        let first = draft
+            .draft_async(&mut prime)
+            .await
+            .map_err(|e| model_error(&e))?;
+        let mut context = probe.tokens.clone();
+        context.extend(first.into_iter().flat_map(|d| d.tokens));
+        let started = Instant::now();
+        let mut job = [DraftJob {
+            state: &mut state,
+            context: &context,
+            k: probe.draft_tokens,
+            params: SamplingParams::GREEDY,
+            noise_seed: 0,
+            output_start: probe.tokens.len(),
+        }];
+        let out = draft
+            .draft_async(&mut job)
+            .await
+            .map_err(|e| model_error(&e))?;
+        let seconds = started.elapsed().as_secs_f64();
+        drafted = out.into_iter().flat_map(|d| d.tokens).collect();
+        draft_tokens_per_s = drafted.len() as f64 / seconds.max(1e-9);
+    }
+    Ok(Measured {
+        load_ms,
+        first_forward_ms,
+        rows,
+        argmax,
+        drafted,
+        draft_tokens_per_s,
+    })
+}
+
+/// The backend to use: WebGPU when asked for (or on `Auto`) and the browser
+/// offers an adapter (then its description), else the CPU with the reason.
+async fn pick_backend(
+    choice: BackendChoice,
+) -> Result<(BackendKind, Option<String>, Option<String>), FromWorker> {
+    if choice == BackendChoice::Cpu {
+        return Ok((BackendKind::Cpu, Some("the CPU was asked for".into()), None));
+    }
+    let webgpu = if cfg!(feature = "webgpu") {
+        webgpu_adapter_present().await
+    } else {
+        Err("this build has no WebGPU backend".into())
+    };
+    match (webgpu, choice) {
+        (Ok(adapter), _) => Ok((BackendKind::Webgpu, None, Some(adapter))),
+        (Err(reason), BackendChoice::Webgpu) => Err(FromWorker::error("webgpu", reason)),
+        (Err(reason), _) => Ok((BackendKind::Cpu, Some(reason), None)),
+    }
+}
+
+/// Whether `navigator.gpu` gives an adapter with what burn's runtime needs
+/// (it panics without `timestamp-query`): its description, or why not.
+async fn webgpu_adapter_present() -> Result<String, String> {
+    let navigator = Reflect::get(&js_sys::global(), &"navigator".into())
+        .map_err(|_| "no navigator".to_owned())?;
+    let gpu = Reflect::get(&navigator, &"gpu".into()).unwrap_or(JsValue::UNDEFINED);
+    if gpu.is_undefined() || gpu.is_null() {
+        return Err("this browser has no WebGPU (navigator.gpu is missing)".into());
+    }
+    let request = Reflect::get(&gpu, &"requestAdapter".into())
+        .ok()
+        .and_then(|f| f.dyn_into::<js_sys::Function>().ok())
+        .ok_or("navigator.gpu.requestAdapter is missing")?;
+    let promise: Promise = request
+        .call0(&gpu)
+        .map_err(|e| format!("requestAdapter failed: {e:?}"))?
+        .unchecked_into();
+    let adapter = JsFuture::from(promise)
+        .await
+        .map_err(|e| format!("requestAdapter failed: {e:?}"))?;
+    if adapter.is_null() || adapter.is_undefined() {
+        return Err("the browser offers no WebGPU adapter".into());
+    }
+    let features = Reflect::get(&adapter, &"features".into()).unwrap_or(JsValue::UNDEFINED);
+    let has = Reflect::get(&features, &"has".into())
+        .ok()
+        .and_then(|f| f.dyn_into::<js_sys::Function>().ok());
+    let timestamps = has
+        .and_then(|has| has.call1(&features, &"timestamp-query".into()).ok())
+        .is_some_and(|v| v.is_truthy());
+    if !timestamps {
+        return Err("the WebGPU adapter lacks timestamp-query, which burn needs".into());
+    }
+    let info = Reflect::get(&adapter, &"info".into()).unwrap_or(JsValue::UNDEFINED);
+    let field = |name: &str| {
+        Reflect::get(&info, &name.into())
+            .ok()
+            .and_then(|v| v.as_string())
+            .filter(|s| !s.is_empty())
+    };
+    let description = [field("vendor"), field("architecture"), field("description")]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok(if description.is_empty() {
+        "WebGPU adapter".to_owned()
+    } else {
+        description
+    })
+}
+
+/// GETs `url` whole.
+async fn fetch_bytes(url: &str) -> Result<Vec<u8>, FromWorker> {
+    let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
+    let fetch_error = |e: JsValue| FromWorker::error("fetch", format!("{url}: {e:?}"));
+    let response: web_sys::Response = JsFuture::from(scope.fetch_with_str(url))
+        .await
+        .map_err(fetch_error)?
+        .unchecked_into();
+    if !response.ok() {
+        return Err(FromWorker::error(
+            "fetch",
+            format!("{url}: HTTP {}", response.status()),
+        ));
+    }
+    let buffer = JsFuture::from(response.array_buffer().map_err(fetch_error)?)
+        .await
+        .map_err(fetch_error)?;
+    Ok(Uint8Array::new(&buffer).to_vec())
+}
+
+fn ms_since(started: Instant) -> f64 {
+    started.elapsed().as_secs_f64() * 1000.0
+}
