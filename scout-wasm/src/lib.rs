@@ -11,6 +11,7 @@
 //! - [`behaviour`]: the scout's libp2p behaviour;
 //! - [`wire`]: sampling settings across the wire;
 //! - [`bridge`]: messages between a browser scout's page and its model worker;
+//! - [`dial`]: which of an oracle's addresses a browser dials, best first;
 //! - `browser` (wasm32 only): the model worker and the page's node;
 //! - `native` (not on wasm32): the desktop runtime with TCP, QUIC, WebSocket
 //!   and WebRTC-direct, run by `oracle scout`;
@@ -22,6 +23,7 @@ pub mod behaviour;
 pub mod bridge;
 #[cfg(target_arch = "wasm32")]
 pub mod browser;
+pub mod dial;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod leech;
 #[cfg(not(target_arch = "wasm32"))]

@@ -20,7 +20,7 @@ use thiserror::Error;
 use web_time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::behaviour::{ScoutBehaviour, ScoutBehaviourEvent};
-use crate::net::{self, Backoff, NetTimeouts, PingPolicy};
+use crate::net::{self, Backoff, HandshakeVerdict, NetTimeouts, PingPolicy};
 use crate::round::{Scout, ScoutStats};
 
 /// A session without a round for this long is over for the scout.
@@ -369,32 +369,31 @@ impl<B: Backend> Node<B> {
     }
 
     fn handshake_reply(&mut self, peer: PeerId, reply: pb::HandshakeReply) {
-        let ack = reply.ack.unwrap_or_default();
-        let theirs = reply.handshake.filter(|_| ack.ok);
-        match theirs.map(|h| (net::check_handshake(&peer, &h), h)) {
-            Some((Ok(()), h)) if h.node_type == pb::NodeType::Oracle as i32 => {
+        match net::handshake_verdict(&peer, reply) {
+            HandshakeVerdict::Accepted => {
                 tracing::info!(%peer, "handshake accepted: drafting for this oracle");
                 self.ready = true;
+                return;
             }
-            Some((Ok(()), h)) => {
-                tracing::warn!(%peer, node_type = h.node_type, "the peer is not an oracle");
-                let _ = self.swarm.disconnect_peer_id(peer);
+            HandshakeVerdict::NotAnOracle(node_type) => {
+                tracing::warn!(%peer, node_type, "the peer is not an oracle");
             }
-            Some((Err(e), _)) => {
-                tracing::warn!(%peer, error = %e, "the oracle's handshake is bad");
-                let _ = self.swarm.disconnect_peer_id(peer);
+            HandshakeVerdict::Invalid(error) => {
+                tracing::warn!(%peer, %error, "the oracle's handshake is bad");
             }
-            None => {
-                if let Some(until_ms) = net::HandshakeError::ban_end(&ack.detail) {
-                    let wait_s = until_ms.saturating_sub(now_ms()) / 1000;
-                    tracing::warn!(%peer, wait_s, "banned by the oracle: not dialling it again before the ban ends");
-                    self.banned_until_ms = until_ms;
-                } else {
-                    tracing::warn!(%peer, detail = %ack.detail, "the oracle refused our handshake");
-                }
-                let _ = self.swarm.disconnect_peer_id(peer);
+            HandshakeVerdict::Refused {
+                banned_until_ms: Some(until_ms),
+                ..
+            } => {
+                let wait_s = until_ms.saturating_sub(now_ms()) / 1000;
+                tracing::warn!(%peer, wait_s, "banned by the oracle: not dialling it again before the ban ends");
+                self.banned_until_ms = until_ms;
+            }
+            HandshakeVerdict::Refused { detail, .. } => {
+                tracing::warn!(%peer, %detail, "the oracle refused our handshake");
             }
         }
+        let _ = self.swarm.disconnect_peer_id(peer);
     }
 
     /// Checks a gossip message and claims work that suits us.

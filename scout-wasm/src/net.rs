@@ -301,6 +301,40 @@ pub fn handshake_message(
     }
 }
 
+/// What a scout or leech makes of an oracle's handshake reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandshakeVerdict {
+    /// An oracle, with a valid handshake, took ours.
+    Accepted,
+    /// A valid handshake, but not from an oracle.
+    NotAnOracle(i32),
+    /// The peer's own handshake does not check out.
+    Invalid(String),
+    /// The oracle refused ours; banned until `banned_until_ms` when it says so.
+    Refused {
+        /// The oracle's reason.
+        detail: String,
+        /// The ban's end (unix ms), when the refusal is a ban.
+        banned_until_ms: Option<u64>,
+    },
+}
+
+/// Judges `reply`, from `peer`, to our handshake. Pure: every client shares it.
+pub fn handshake_verdict(peer: &PeerId, reply: pb::HandshakeReply) -> HandshakeVerdict {
+    let ack = reply.ack.unwrap_or_default();
+    match reply.handshake.filter(|_| ack.ok) {
+        Some(h) => match check_handshake(peer, &h) {
+            Ok(()) if h.node_type == pb::NodeType::Oracle as i32 => HandshakeVerdict::Accepted,
+            Ok(()) => HandshakeVerdict::NotAnOracle(h.node_type),
+            Err(e) => HandshakeVerdict::Invalid(e.to_string()),
+        },
+        None => HandshakeVerdict::Refused {
+            banned_until_ms: HandshakeError::ban_end(&ack.detail),
+            detail: ack.detail,
+        },
+    }
+}
+
 /// The hardware of this machine, as far as a process can tell.
 pub fn local_hardware() -> pb::HardwareInfo {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -10,4 +10,6 @@
 //! They talk through [`crate::bridge`] messages.
 
 pub mod console;
+pub mod identity;
+pub mod node;
 pub mod worker;
