@@ -70,6 +70,31 @@ async function startOracle(args = [], { p2pAddrs = 1 } = {}) {
   };
 }
 
+/** What `oracle generate` outputs for `prompt` alone (greedy): the reference. */
+function generateAlone(prompt, maxTokens) {
+  const out = execFileSync(ORACLE, [
+    'generate', '--model', MODEL, '--prompt', prompt, '--max-tokens', String(maxTokens), '--json',
+  ]);
+  return JSON.parse(out.toString());
+}
+
+/** Opens the web app in `page` and starts a browser scout there (`window.node`). */
+async function startScout(page, origin, { backend = 'auto', pick = () => true } = {}) {
+  await page.goto(origin);
+  await page.waitForFunction(() => window.wasmBindings && window.wasmBindings.ScoutNode);
+  const status = await (await page.request.get(`${origin}/api/status`)).json();
+  const addresses = status.p2p.listen_addrs.filter(pick);
+  const options = JSON.stringify({ addresses, model: status.scout_model, backend });
+  await page.evaluate((options) => {
+    window.node = new window.wasmBindings.ScoutNode(options);
+  }, options);
+}
+
+/** The scout's state in `page` (`ScoutNode.stateJson`). */
+async function scoutState(page) {
+  return JSON.parse(await page.evaluate(() => window.node.stateJson()));
+}
+
 /** The CPU reference logits `oracle logits` prints. */
 function nativeLogits({ layers, tokens, values }) {
   const out = execFileSync(ORACLE, [
@@ -97,4 +122,14 @@ function watchConsole(page) {
   return errors;
 }
 
-module.exports = { startOracle, nativeLogits, watchConsole, ORACLE, MODEL, ROOT };
+module.exports = {
+  startOracle,
+  startScout,
+  scoutState,
+  generateAlone,
+  nativeLogits,
+  watchConsole,
+  ORACLE,
+  MODEL,
+  ROOT,
+};

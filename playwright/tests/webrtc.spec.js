@@ -2,7 +2,7 @@
 // real `oracle serve`: WebRTC-direct from headless Chromium, the WebSocket
 // fallback, and the Shard handshake accepted in both.
 const { test, expect } = require('@playwright/test');
-const { startOracle, watchConsole } = require('../support/oracle');
+const { startOracle, startScout, scoutState, watchConsole } = require('../support/oracle');
 
 let oracle;
 
@@ -11,6 +11,7 @@ test.beforeAll(async () => {
     [
       '--p2p-listen', '/ip4/0.0.0.0/udp/0/webrtc-direct',
       '--p2p-listen', '/ip4/127.0.0.1/tcp/0/ws',
+      '--scout-layers', '2',
     ],
     { p2pAddrs: 2 },
   );
@@ -20,25 +21,13 @@ test.afterAll(async () => {
   await oracle?.stop();
 });
 
-/** Starts a ScoutNode in `page` with `addresses`; resolves with its state once ready (or failed). */
+/** Starts a scout in `page` on the addresses `pick` keeps; resolves with its state once ready. */
 async function connect(page, pick) {
-  await page.goto(oracle.origin);
-  await page.waitForFunction(() => window.wasmBindings && window.wasmBindings.ScoutNode);
-  const status = await (await page.request.get(`${oracle.origin}/api/status`)).json();
-  const addresses = status.p2p.listen_addrs.filter(pick);
-  expect(addresses.length).toBeGreaterThan(0);
-  await page.evaluate(
-    ({ addresses, cid }) => {
-      window.node = new window.wasmBindings.ScoutNode(addresses, cid, '');
-    },
-    { addresses, cid: status.scout_model.cid },
-  );
-  await expect
-    .poll(async () => JSON.parse(await page.evaluate(() => window.node.stateJson())).phase, {
-      timeout: 60_000,
-    })
-    .toBe('ready');
-  return JSON.parse(await page.evaluate(() => window.node.stateJson()));
+  // The CPU backend loads the 2-block draft model in a second or two; the
+  // node dials once it is loaded.
+  await startScout(page, oracle.origin, { backend: 'cpu', pick });
+  await expect.poll(async () => (await scoutState(page)).phase, { timeout: 60_000 }).toBe('ready');
+  return scoutState(page);
 }
 
 test('a tab connects over WebRTC-direct and the oracle takes its handshake', async ({ page }) => {
@@ -50,9 +39,7 @@ test('a tab connects over WebRTC-direct and the oracle takes its handshake', asy
   const us = peers.peers.find((p) => p.peer_id === state.peer_id);
   expect(us, JSON.stringify(peers)).toBeTruthy();
   await page.evaluate(() => window.node.stop());
-  await expect
-    .poll(async () => JSON.parse(await page.evaluate(() => window.node.stateJson())).phase)
-    .toBe('stopped');
+  await expect.poll(async () => (await scoutState(page)).phase).toBe('stopped');
   expect(errors).toEqual([]);
 });
 

@@ -1,5 +1,10 @@
 //! Messages between a browser scout's page (the libp2p node) and its model
 //! worker, as JSON text. Plain data, so both ends and the tests share them.
+//! Protocol messages ride inside as hex of their protobuf encoding.
+//!
+//! The page forwards what the oracle sends (granted claims, rounds) and the
+//! worker answers rounds in batches: one [`ToWorker::Rounds`] is one batched
+//! draft. The worker handles messages in the order they come.
 
 use serde::{Deserialize, Serialize};
 
@@ -36,10 +41,91 @@ impl BackendKind {
     }
 }
 
+/// The draft model a scout must hold, as the oracle describes it
+/// (`/api/status` → `scout_model`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelOffer {
+    /// Where to download it.
+    pub url: String,
+    /// Its size, bytes.
+    pub size: u64,
+    /// SHA-256 of the file, hex: checked before the model is used.
+    pub sha256: String,
+    /// Its content id, hex (the handshake names it).
+    pub cid: String,
+    /// Blocks to load (all when absent).
+    #[serde(default)]
+    pub layers: Option<usize>,
+}
+
+/// One round forwarded to the worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundRequest {
+    /// The page's handle for the answer.
+    pub id: u64,
+    /// The `DraftRequest`, protobuf, hex.
+    pub request: String,
+}
+
+/// The worker's answer to one round.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundAnswer {
+    /// The [`RoundRequest::id`].
+    pub id: u64,
+    /// The signed `WorkResult`, protobuf, hex; absent when there are no drafts.
+    pub result: Option<String>,
+    /// Why there are none.
+    pub error: Option<String>,
+}
+
+/// The worker scout's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerStats {
+    /// Sessions claimed.
+    pub claims: u64,
+    /// Rounds answered.
+    pub rounds: u64,
+    /// Tokens drafted.
+    pub drafted: u64,
+    /// Drafted tokens the oracle accepted (as later rounds show).
+    pub accepted: u64,
+    /// Sessions held now.
+    pub sessions: u64,
+}
+
 /// A message to the worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum ToWorker {
+    /// Download, check and load the draft model, then draft as the scout
+    /// whose key this is.
+    Start {
+        /// The scout's key, protobuf encoding, hex (it signs the drafts).
+        key: String,
+        /// The model.
+        model: ModelOffer,
+        /// The backend wanted.
+        #[serde(default)]
+        backend: BackendChoice,
+        /// Sessions held at once.
+        max_sessions: usize,
+        /// Longest context drafted for.
+        max_context: usize,
+    },
+    /// The oracle granted a claim.
+    Claimed {
+        /// The work's content id, hex.
+        work_cid: String,
+        /// The `ClaimResponse`, protobuf, hex.
+        response: String,
+    },
+    /// Rounds to draft, as one batch.
+    Rounds {
+        /// The rounds.
+        rounds: Vec<RoundRequest>,
+    },
+    /// The oracle is gone: forget every session.
+    ReleaseAll,
     /// Load the model at `model_url` (its first `layers` blocks), run
     /// `tokens` through it once, then draft `draft_tokens` greedily after
     /// them: the backend check the browser tests and benchmarks use.
@@ -102,9 +188,39 @@ pub enum FromWorker {
         /// Drafted tokens per second (the drafting only).
         draft_tokens_per_s: f64,
     },
+    /// Bytes of the model downloaded so far.
+    Progress {
+        /// Received.
+        received: u64,
+        /// Expected in all.
+        total: u64,
+    },
+    /// The model is checked and loaded: the scout can claim work.
+    Loaded {
+        /// Milliseconds from the start message.
+        ms: f64,
+    },
+    /// What became of a granted claim.
+    Claimed {
+        /// The work's content id, hex.
+        work_cid: String,
+        /// The session, when the worker took it.
+        session: Option<u64>,
+        /// Why not.
+        error: Option<String>,
+    },
+    /// Answers to one [`ToWorker::Rounds`], in its order.
+    Answers {
+        /// One per round.
+        answers: Vec<RoundAnswer>,
+        /// Sessions the worker let go since its last answers (idle, or out of step).
+        released: Vec<u64>,
+        /// Counters after this batch.
+        stats: WorkerStats,
+    },
     /// Something failed; `kind` is stable for the page to act on.
     Error {
-        /// `fetch`, `model`, `webgpu`, `message`.
+        /// `fetch`, `checksum`, `model`, `webgpu`, `backend`, `message`, `state`.
         kind: String,
         /// What happened.
         message: String,

@@ -15,7 +15,7 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, Transport, noise, ping, tcp};
 use shared_model::backend::Backend;
 use shared_proto::protocol::{CLAIM_PROTOCOL, TOPOLOGY_TOPIC, VERIFY_PROTOCOL, WORK_TOPIC};
-use shared_proto::{ContentId, Keypair, ReplayWindow, Validate, check_fresh, frame, pb};
+use shared_proto::{ContentId, Keypair, ReplayWindow, Validate, pb};
 use thiserror::Error;
 use web_time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -399,36 +399,17 @@ impl<B: Backend> Node<B> {
     /// Checks a gossip message and claims work that suits us.
     fn gossip(&mut self, message: &gossipsub::Message) -> MessageAcceptance {
         if message.topic != IdentTopic::new(WORK_TOPIC).hash() {
-            // Topology and results: valid frames are passed on, others dropped.
-            return if message.data.len() <= shared_proto::GOSSIP_MAX_LEN {
-                MessageAcceptance::Accept
-            } else {
-                MessageAcceptance::Reject
-            };
+            return net::relay_verdict(&message.data);
         }
-        let work: pb::GossipWorkMessage = match frame::decode(&message.data) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::debug!(error = %e, "malformed work announcement");
-                return MessageAcceptance::Reject;
-            }
+        let assignment = match net::check_work_gossip(
+            &message.data,
+            now_ms(),
+            self.config.timeouts.max_clock_skew,
+            &mut self.replay,
+        ) {
+            Ok(a) => a,
+            Err(verdict) => return verdict,
         };
-        let skew = self.config.timeouts.max_clock_skew.as_millis() as u64;
-        let now = now_ms();
-        let expires = match check_fresh(work.issued_at_ms, work.ttl, now, skew) {
-            Ok(e) => e,
-            Err(_) => return MessageAcceptance::Ignore,
-        };
-        let Some(assignment) = work.assignment else {
-            return MessageAcceptance::Reject;
-        };
-        if self
-            .replay
-            .check_and_insert(assignment.prompt_cid.clone(), expires, now)
-            .is_err()
-        {
-            return MessageAcceptance::Ignore;
-        }
         let from_our_oracle = message.source == Some(self.oracle);
         if from_our_oracle
             && self.ready

@@ -301,6 +301,39 @@ pub fn handshake_message(
     }
 }
 
+/// Checks a `shard-work` announcement a scout received: a well-formed,
+/// fresh, first-seen announcement gives its assignment; otherwise how
+/// gossipsub should treat the message (malformed: reject; stale or seen:
+/// ignore). Pure apart from `replay`, so every scout shares it.
+pub fn check_work_gossip(
+    data: &[u8],
+    now_ms: u64,
+    max_skew: Duration,
+    replay: &mut shared_proto::ReplayWindow<Vec<u8>>,
+) -> Result<pb::WorkAssignment, gossipsub::MessageAcceptance> {
+    use gossipsub::MessageAcceptance;
+    let work: pb::GossipWorkMessage =
+        shared_proto::frame::decode(data).map_err(|_| MessageAcceptance::Reject)?;
+    let skew = max_skew.as_millis() as u64;
+    let expires = shared_proto::check_fresh(work.issued_at_ms, work.ttl, now_ms, skew)
+        .map_err(|_| MessageAcceptance::Ignore)?;
+    let assignment = work.assignment.ok_or(MessageAcceptance::Reject)?;
+    replay
+        .check_and_insert(assignment.prompt_cid.clone(), expires, now_ms)
+        .map_err(|_| MessageAcceptance::Ignore)?;
+    Ok(assignment)
+}
+
+/// How gossipsub should treat a message on a topic a scout only relays
+/// (topology, results): passed on when it fits a gossip frame.
+pub fn relay_verdict(data: &[u8]) -> gossipsub::MessageAcceptance {
+    if data.len() <= shared_proto::GOSSIP_MAX_LEN {
+        gossipsub::MessageAcceptance::Accept
+    } else {
+        gossipsub::MessageAcceptance::Reject
+    }
+}
+
 /// What a scout or leech makes of an oracle's handshake reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HandshakeVerdict {

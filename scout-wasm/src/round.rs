@@ -241,6 +241,31 @@ impl<B: Backend> Scout<B> {
         Ok(response.session_id)
     }
 
+    /// Runs the draft model once on a short context, so its first real round
+    /// does not pay for compiling the backend's kernels (seconds on a
+    /// software GPU).
+    pub async fn warm_up(&self) -> Result<(), RoundError> {
+        let mut state = self.model.new_state(4);
+        let mut job = [DraftJob {
+            state: &mut state,
+            context: &[0, 1],
+            k: 2,
+            params: SamplingParams::GREEDY,
+            noise_seed: 0,
+            output_start: 2,
+        }];
+        self.model
+            .draft_async(&mut job)
+            .await
+            .map(|_| ())
+            .map_err(|e| RoundError::Model(e.to_string()))
+    }
+
+    /// The sessions held.
+    pub fn session_ids(&self) -> Vec<u64> {
+        self.sessions.keys().copied().collect()
+    }
+
     /// Whether `session_id` is held.
     pub fn holds(&self, session_id: u64) -> bool {
         self.sessions.contains_key(&session_id)
@@ -276,7 +301,17 @@ impl<B: Backend> Scout<B> {
 
     /// Answers draft requests (already validated), all sessions drafted in
     /// one batch: per request, the signed drafts or why there are none.
+    /// Blocks on the model's readbacks ([`Self::answer_async`] is the same).
     pub fn answer(
+        &mut self,
+        requests: &[pb::DraftRequest],
+    ) -> Vec<Result<pb::WorkResult, RoundError>> {
+        futures::executor::block_on(self.answer_async(requests))
+    }
+
+    /// [`Self::answer`], awaiting the model's readbacks: the form a browser
+    /// (WebGPU) must use.
+    pub async fn answer_async(
         &mut self,
         requests: &[pb::DraftRequest],
     ) -> Vec<Result<pb::WorkResult, RoundError>> {
@@ -316,7 +351,7 @@ impl<B: Backend> Scout<B> {
                     }
                 })
                 .collect();
-            self.model.draft(&mut jobs)
+            self.model.draft_async(&mut jobs).await
         };
         let elapsed_ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
         let mut out: Vec<Result<pb::WorkResult, RoundError>> = answers

@@ -1,29 +1,39 @@
-//! The page's libp2p node: WebRTC-direct to the oracle (WebSocket when that
-//! fails), the Shard handshake as a scout, and gossip. `RTCPeerConnection`
-//! exists only on a page's main thread, so this runs there; the model runs
-//! in the worker.
+//! The page's half of the browser scout: the libp2p node (WebRTC-direct to
+//! the oracle, WebSocket when that fails; `RTCPeerConnection` exists only on a
+//! page's main thread) and the model worker it starts and feeds.
 //!
-//! JavaScript (and the browser tests) drive it through [`ScoutNode`].
+//! The worker downloads, checks and loads the draft model; then the node
+//! dials, handshakes as a scout, claims announced work, and forwards the
+//! oracle's rounds to the worker — all rounds that arrive while the worker
+//! drafts go to it as the next batch — and the signed answers back.
+//!
+//! JavaScript (and the browser tests) drive it through [`ScoutNode`]; the web
+//! app through [`start`].
 
 use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures::channel::oneshot;
+use futures::channel::{mpsc, oneshot};
 use futures::{FutureExt, StreamExt};
 use libp2p::core::upgrade::Version;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, Transport as _, noise};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use shared_proto::protocol::{CLAIM_PROTOCOL, TOPOLOGY_TOPIC, VERIFY_PROTOCOL, WORK_TOPIC};
-use shared_proto::{Keypair, pb};
+use shared_proto::{Keypair, ReplayWindow, frame, pb};
 use wasm_bindgen::prelude::*;
+use web_sys::{MessageEvent, Worker};
 use web_time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::behaviour::{ScoutBehaviour, ScoutBehaviourEvent};
+use crate::bridge::{
+    BackendChoice, BackendKind, FromWorker, ModelOffer, RoundRequest, ToWorker, WorkerStats,
+};
 use crate::dial::{BrowserTransport, browser_dial_order};
 use crate::net::{self, Backoff, HandshakeVerdict, NetTimeouts};
 
@@ -31,6 +41,8 @@ use crate::net::{self, Backoff, HandshakeVerdict, NetTimeouts};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    /// The draft model is being downloaded, checked and loaded.
+    Loading,
     /// Dialling an address.
     Dialling,
     /// Connected; our handshake is on its way.
@@ -45,8 +57,31 @@ pub enum Phase {
     Unreachable,
     /// Stopped by the page.
     Stopped,
-    /// The node could not start (see `detail`).
+    /// The scout cannot run (see `detail` and the model's error).
     Failed,
+}
+
+/// The draft model in the worker.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ModelState {
+    /// Bytes downloaded.
+    pub received: u64,
+    /// Bytes in all.
+    pub total: u64,
+    /// Checked and loaded.
+    pub loaded: bool,
+    /// Milliseconds from the start to loaded.
+    pub load_ms: Option<f64>,
+    /// The backend it runs on.
+    pub backend: Option<BackendKind>,
+    /// The WebGPU adapter.
+    pub adapter: Option<String>,
+    /// Why WebGPU is not used.
+    pub fallback_reason: Option<String>,
+    /// What failed (`fetch`, `checksum`, `model`, `webgpu`, `worker`, …).
+    pub error_kind: Option<String>,
+    /// How.
+    pub error: Option<String>,
 }
 
 /// The node's state as the page shows it.
@@ -70,23 +105,50 @@ pub struct NodeState {
     pub retry_at_ms: Option<u64>,
     /// Connections made since the start.
     pub connections: u32,
+    /// The draft model.
+    pub model: ModelState,
+    /// The scout's counters.
+    pub stats: WorkerStats,
+    /// Unix ms of the first round answered with drafts.
+    pub first_draft_at_ms: Option<u64>,
 }
 
 /// What the node needs to start.
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    /// The oracle's addresses, best first ([`browser_dial_order`]).
-    pub connect: Vec<Multiaddr>,
-    /// The draft model's content id.
-    pub model_cid: Vec<u8>,
-    /// What we tell the oracle about this machine.
-    pub hardware: pb::HardwareInfo,
-    /// Timeouts.
-    pub timeouts: NetTimeouts,
+#[derive(Debug, Clone, Deserialize)]
+pub struct NodeOptions {
+    /// The oracle's listen addresses (`/api/status` → `p2p.listen_addrs`).
+    pub addresses: Vec<String>,
+    /// The draft model (`/api/status` → `scout_model`).
+    pub model: ModelOffer,
+    /// The backend wanted.
+    #[serde(default)]
+    pub backend: BackendChoice,
+    /// The worker's script (trunk's loader shim).
+    #[serde(default = "default_worker_url")]
+    pub worker_url: String,
+    /// Sessions drafted for at once.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: usize,
+    /// Longest context drafted for.
+    #[serde(default = "default_max_context")]
+    pub max_context: usize,
 }
 
-/// A browser scout's network node, for JavaScript: made from the oracle's
-/// listen addresses, it dials, handshakes, and redials until stopped.
+fn default_worker_url() -> String {
+    "/scout_worker_loader.js".into()
+}
+
+fn default_max_sessions() -> usize {
+    2
+}
+
+fn default_max_context() -> usize {
+    2048
+}
+
+/// A browser scout, for JavaScript: made from the oracle's description, it
+/// loads the draft model in a worker, dials, handshakes, drafts, and redials
+/// until stopped.
 #[wasm_bindgen]
 pub struct ScoutNode {
     state: Rc<RefCell<NodeState>>,
@@ -95,40 +157,13 @@ pub struct ScoutNode {
 
 #[wasm_bindgen]
 impl ScoutNode {
-    /// Starts a node. `addresses`: the oracle's listen addresses as
-    /// `/api/status` lists them; `model_cid`: hex of the draft model's content
-    /// id; `gpu`: the WebGPU adapter's description (empty without one).
+    /// Starts a scout from [`NodeOptions`] as JSON.
     #[wasm_bindgen(constructor)]
-    pub fn new(
-        addresses: Vec<String>,
-        model_cid: String,
-        gpu: String,
-    ) -> Result<ScoutNode, JsError> {
+    pub fn new(options: String) -> Result<ScoutNode, JsError> {
         super::console::init();
-        let connect = browser_dial_order(addresses.iter().map(String::as_str));
-        if connect.is_empty() {
-            return Err(JsError::new(
-                "the oracle has no address a browser can dial (WebRTC-direct or WebSocket)",
-            ));
-        }
-        let model_cid =
-            hex::decode(model_cid.trim()).map_err(|e| JsError::new(&format!("model cid: {e}")))?;
-        let hardware = pb::HardwareInfo {
-            webgpu_enabled: !gpu.is_empty(),
-            gpu_model: gpu.chars().take(64).collect(),
-            cpu_cores: hardware_concurrency(),
-            ..Default::default()
-        };
-        let config = NodeConfig {
-            connect,
-            model_cid,
-            hardware,
-            timeouts: NetTimeouts::default(),
-        };
-        let key = super::identity::load_or_create();
-        let (node, future) = start(key, config).map_err(|e| JsError::new(&e))?;
-        wasm_bindgen_futures::spawn_local(future);
-        Ok(node)
+        let options: NodeOptions =
+            serde_json::from_str(&options).map_err(|e| JsError::new(&format!("options: {e}")))?;
+        start(super::identity::load_or_create(), options).map_err(|e| JsError::new(&e))
     }
 
     /// The node's state, as JSON ([`NodeState`]).
@@ -137,11 +172,18 @@ impl ScoutNode {
         serde_json::to_string(&*self.state.borrow()).unwrap_or_default()
     }
 
-    /// Closes the connection and stops.
+    /// Closes the connection, stops the worker, and stops.
     pub fn stop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+impl ScoutNode {
+    /// The state, shared (the web app reads it).
+    pub fn state(&self) -> Rc<RefCell<NodeState>> {
+        self.state.clone()
     }
 }
 
@@ -157,43 +199,112 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Builds the node; the returned future runs it (spawn it on the page).
-pub fn start(
-    key: Keypair,
-    config: NodeConfig,
-) -> Result<(ScoutNode, impl std::future::Future<Output = ()>), String> {
-    let oracle = match config.connect.first().and_then(|a| a.iter().last()) {
+/// Starts a scout with `key`: the worker, then the node (spawned on the page).
+pub fn start(key: Keypair, options: NodeOptions) -> Result<ScoutNode, String> {
+    let connect = browser_dial_order(options.addresses.iter().map(String::as_str));
+    let oracle = match connect.first().and_then(|a| a.iter().last()) {
         Some(Protocol::P2p(peer)) => peer,
-        _ => return Err("the oracle's address has no /p2p/ peer id".into()),
+        _ => {
+            return Err(
+                "the oracle has no address a browser can dial (WebRTC-direct or WebSocket)".into(),
+            );
+        }
     };
-    let swarm = build_swarm(&key, &config.timeouts)?;
+    let model_cid = hex::decode(options.model.cid.trim()).map_err(|e| format!("model cid: {e}"))?;
+    let key_hex = key
+        .to_protobuf_encoding()
+        .map(hex::encode)
+        .map_err(|e| format!("the scout key does not encode: {e}"))?;
+    let timeouts = NetTimeouts::default();
+    let swarm = build_swarm(&key, &timeouts)?;
+    let (worker, from_worker) = spawn_worker(&options.worker_url)?;
     let state = Rc::new(RefCell::new(NodeState {
         peer_id: key.public().to_peer_id().to_string(),
         oracle: oracle.to_string(),
-        phase: Phase::Dialling,
+        phase: Phase::Loading,
         transport: None,
         address: None,
         detail: None,
         banned_until_ms: None,
         retry_at_ms: None,
         connections: 0,
+        model: ModelState {
+            total: options.model.size,
+            ..Default::default()
+        },
+        stats: WorkerStats::default(),
+        first_draft_at_ms: None,
     }));
     let (stop_tx, stop_rx) = oneshot::channel();
     let node = Node {
         key,
         swarm,
         oracle,
-        config,
+        connect,
+        model_cid,
+        timeouts,
+        max_sessions: options.max_sessions.max(1),
+        worker,
         state: state.clone(),
         ready: false,
+        loaded: false,
+        claims: HashMap::new(),
+        held: HashSet::new(),
+        granted: HashSet::new(),
+        waiting: Vec::new(),
+        to_draft: Vec::new(),
+        in_flight: HashMap::new(),
+        next_round_id: 0,
+        replay: ReplayWindow::new(4096),
+        worker_ready: false,
+        outbox: RefCell::new(Vec::new()),
     };
-    Ok((
-        ScoutNode {
-            state,
-            stop: Some(stop_tx),
-        },
-        node.run(stop_rx),
-    ))
+    node.outbox.borrow_mut().push(ToWorker::Start {
+        key: key_hex,
+        model: options.model,
+        backend: options.backend,
+        max_sessions: options.max_sessions.max(1),
+        max_context: options.max_context,
+    });
+    wasm_bindgen_futures::spawn_local(node.run(stop_rx, from_worker));
+    Ok(ScoutNode {
+        state,
+        stop: Some(stop_tx),
+    })
+}
+
+/// Messages from the worker; more than this in one go means it floods us.
+const FROM_WORKER: usize = 256;
+
+/// Starts the model worker; its messages arrive on the returned channel
+/// (a worker that fails to run reports a `worker` error there).
+fn spawn_worker(url: &str) -> Result<(Worker, mpsc::Receiver<FromWorker>), String> {
+    let worker = Worker::new(url).map_err(|e| format!("cannot start the model worker: {e:?}"))?;
+    let (tx, rx) = mpsc::channel::<FromWorker>(FROM_WORKER);
+    let mut on_message_tx = tx.clone();
+    let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
+        let message = event
+            .data()
+            .as_string()
+            .and_then(|text| serde_json::from_str::<FromWorker>(&text).ok())
+            .unwrap_or_else(|| FromWorker::error("message", "the worker sent a malformed message"));
+        if on_message_tx.try_send(message).is_err() {
+            log::error!("the page is not keeping up with the model worker");
+        }
+    });
+    worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+    on_message.forget();
+    let mut on_error_tx = tx;
+    let on_error =
+        Closure::<dyn FnMut(web_sys::ErrorEvent)>::new(move |event: web_sys::ErrorEvent| {
+            let _ = on_error_tx.try_send(FromWorker::error(
+                "worker",
+                format!("the model worker failed: {}", event.message()),
+            ));
+        });
+    worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+    on_error.forget();
+    Ok((worker, rx))
 }
 
 fn build_swarm(key: &Keypair, timeouts: &NetTimeouts) -> Result<Swarm<ScoutBehaviour>, String> {
@@ -224,14 +335,43 @@ struct Node {
     key: Keypair,
     swarm: Swarm<ScoutBehaviour>,
     oracle: PeerId,
-    config: NodeConfig,
+    /// The oracle's addresses, best first.
+    connect: Vec<Multiaddr>,
+    model_cid: Vec<u8>,
+    timeouts: NetTimeouts,
+    max_sessions: usize,
+    worker: Worker,
     state: Rc<RefCell<NodeState>>,
     /// The oracle accepted our handshake.
     ready: bool,
+    /// The worker has the model loaded.
+    loaded: bool,
+    /// Claims asked of the oracle: request → work id.
+    claims: HashMap<OutboundRequestId, Vec<u8>>,
+    /// Sessions the worker holds.
+    held: HashSet<u64>,
+    /// Works the oracle granted whose session the worker has not confirmed.
+    granted: HashSet<Vec<u8>>,
+    /// Rounds of sessions the worker has not confirmed yet.
+    waiting: Vec<(pb::DraftRequest, ResponseChannel<pb::WorkResult>)>,
+    /// Rounds for the worker's next batch.
+    to_draft: Vec<(pb::DraftRequest, ResponseChannel<pb::WorkResult>)>,
+    /// The batch the worker drafts now: round id → where the answer goes.
+    in_flight: HashMap<u64, ResponseChannel<pb::WorkResult>>,
+    next_round_id: u64,
+    replay: ReplayWindow<Vec<u8>>,
+    /// The worker said it is ready: messages posted before that are lost.
+    worker_ready: bool,
+    /// Messages for the worker until it is ready.
+    outbox: RefCell<Vec<ToWorker>>,
 }
 
 impl Node {
-    async fn run(mut self, stop: oneshot::Receiver<()>) {
+    async fn run(
+        mut self,
+        stop: oneshot::Receiver<()>,
+        mut from_worker: mpsc::Receiver<FromWorker>,
+    ) {
         for topic in [WORK_TOPIC, TOPOLOGY_TOPIC] {
             let _ = self
                 .swarm
@@ -239,18 +379,18 @@ impl Node {
                 .gossipsub
                 .subscribe(&IdentTopic::new(topic));
         }
-        let timeouts = &self.config.timeouts;
-        let mut backoff = Backoff::new(timeouts.retry_min, timeouts.retry_max);
+        let mut backoff = Backoff::new(self.timeouts.retry_min, self.timeouts.retry_max);
         // Each failed dial moves to the next address; a full round of
-        // failures waits (doubling) before starting over.
+        // failures waits (doubling) before starting over. Dialling starts
+        // once the model is loaded: before that there is nothing to offer.
         let mut next_address = 0usize;
-        let mut redial_at = Some(Instant::now());
+        let mut redial_at: Option<Instant> = None;
         let mut banned_until_ms = 0u64;
         let mut stop = stop.fuse();
         loop {
             if redial_at.is_some_and(|at| at <= Instant::now()) {
                 redial_at = None;
-                let addr = self.config.connect[next_address % self.config.connect.len()].clone();
+                let addr = self.connect[next_address % self.connect.len()].clone();
                 next_address += 1;
                 self.update(|s| {
                     s.phase = Phase::Dialling;
@@ -268,47 +408,86 @@ impl Node {
                 at.saturating_duration_since(Instant::now())
             });
             let mut timer = futures_timer::Delay::new(wait).fuse();
+            let mut maybe_lost = false;
             futures::select! {
                 _ = stop => break,
                 () = timer => continue,
+                message = from_worker.select_next_some() => {
+                    let was_loaded = self.loaded;
+                    self.worker_message(message);
+                    if self.loaded && !was_loaded {
+                        redial_at = Some(Instant::now());
+                    }
+                    if self.state.borrow().phase == Phase::Failed {
+                        break;
+                    }
+                }
                 event = self.swarm.select_next_some() => {
                     if let Some(until) = self.event(event) {
                         banned_until_ms = banned_until_ms.max(until);
                     }
-                    let lost = !self.swarm.is_connected(&self.oracle)
-                        && self.swarm.network_info().connection_counters().num_pending_outgoing() == 0;
-                    if lost && redial_at.is_none() {
-                        self.ready = false;
-                        // Try the next address at once, unless every one failed
-                        // this round: then back off (and never before a ban ends).
-                        let delay = if !next_address.is_multiple_of(self.config.connect.len())
-                            && banned_until_ms <= now_ms()
-                        {
-                            Duration::ZERO
-                        } else {
-                            let ban = Duration::from_millis(banned_until_ms.saturating_sub(now_ms()));
-                            backoff.next_delay().max(ban)
-                        };
-                        if delay > Duration::ZERO {
-                            next_address = 0;
-                            let at = now_ms() + delay.as_millis() as u64;
-                            self.update(|s| {
-                                if !matches!(s.phase, Phase::Refused | Phase::Banned) {
-                                    s.phase = Phase::Unreachable;
+                    // Drain what else is ready, so rounds that arrived
+                    // together go to the worker as one batch.
+                    for _ in 0..64 {
+                        match self.swarm.select_next_some().now_or_never() {
+                            Some(event) => {
+                                if let Some(until) = self.event(event) {
+                                    banned_until_ms = banned_until_ms.max(until);
                                 }
-                                s.retry_at_ms = Some(at);
-                            });
+                            }
+                            None => break,
                         }
-                        redial_at = Some(Instant::now() + delay);
                     }
-                    if self.ready {
-                        backoff.reset();
-                    }
+                    maybe_lost = true;
                 }
             }
+            self.send_batch();
+            let lost = maybe_lost
+                && self.loaded
+                && !self.swarm.is_connected(&self.oracle)
+                && self
+                    .swarm
+                    .network_info()
+                    .connection_counters()
+                    .num_pending_outgoing()
+                    == 0;
+            if lost && redial_at.is_none() {
+                self.lost_oracle();
+                // Try the next address at once, unless every one failed this
+                // round: then back off (and never before a ban ends).
+                let delay = if !next_address.is_multiple_of(self.connect.len())
+                    && banned_until_ms <= now_ms()
+                {
+                    Duration::ZERO
+                } else {
+                    let ban = Duration::from_millis(banned_until_ms.saturating_sub(now_ms()));
+                    backoff.next_delay().max(ban)
+                };
+                if delay > Duration::ZERO {
+                    next_address = 0;
+                    let at = now_ms() + delay.as_millis() as u64;
+                    self.update(|s| {
+                        if !matches!(s.phase, Phase::Refused | Phase::Banned) {
+                            s.phase = Phase::Unreachable;
+                        }
+                        s.retry_at_ms = Some(at);
+                    });
+                }
+                redial_at = Some(Instant::now() + delay);
+            }
+            if self.ready {
+                backoff.reset();
+            }
         }
+        self.shut_down().await;
+    }
+
+    /// Closes the connection (waiting for it to close) and the worker.
+    async fn shut_down(mut self) {
+        let stopped_by_page = self.state.borrow().phase != Phase::Failed;
         let oracle = self.oracle;
         let _ = self.swarm.disconnect_peer_id(oracle);
+        self.worker.terminate();
         // Keep the swarm alive until the connection has closed: dropping it
         // earlier leaves the browser's data channels calling into freed
         // closures.
@@ -324,14 +503,173 @@ impl Node {
             () = closed.fuse() => {},
             () = futures_timer::Delay::new(Duration::from_secs(2)).fuse() => {},
         }
-        self.update(|s| {
-            s.phase = Phase::Stopped;
-            s.retry_at_ms = None;
-        });
+        if stopped_by_page {
+            self.update(|s| {
+                s.phase = Phase::Stopped;
+                s.retry_at_ms = None;
+            });
+        }
     }
 
     fn update(&self, change: impl FnOnce(&mut NodeState)) {
         change(&mut self.state.borrow_mut());
+    }
+
+    fn post(&self, message: &ToWorker) {
+        if !self.worker_ready {
+            self.outbox.borrow_mut().push(message.clone());
+            return;
+        }
+        match serde_json::to_string(message) {
+            Ok(text) => {
+                if let Err(e) = self.worker.post_message(&JsValue::from_str(&text)) {
+                    log::error!("posting to the model worker failed: {e:?}");
+                }
+            }
+            Err(e) => log::error!("encoding a worker message failed: {e}"),
+        }
+    }
+
+    /// The connection to the oracle is gone: so are its sessions.
+    fn lost_oracle(&mut self) {
+        self.ready = false;
+        self.claims.clear();
+        self.held.clear();
+        self.granted.clear();
+        self.waiting.clear();
+        self.to_draft.clear();
+        self.post(&ToWorker::ReleaseAll);
+    }
+
+    fn worker_message(&mut self, message: FromWorker) {
+        match message {
+            FromWorker::Ready => {
+                self.worker_ready = true;
+                for message in self.outbox.take() {
+                    self.post(&message);
+                }
+            }
+            FromWorker::Probe { .. } => {}
+            FromWorker::Progress { received, total } => self.update(|s| {
+                s.model.received = received;
+                s.model.total = total;
+            }),
+            FromWorker::Backend {
+                kind,
+                adapter,
+                fallback_reason,
+            } => self.update(|s| {
+                s.model.backend = Some(kind);
+                s.model.adapter = adapter;
+                s.model.fallback_reason = fallback_reason;
+            }),
+            FromWorker::Loaded { ms } => {
+                log::info!("draft model loaded in {ms:.0} ms");
+                self.loaded = true;
+                self.update(|s| {
+                    s.model.loaded = true;
+                    s.model.load_ms = Some(ms);
+                });
+            }
+            FromWorker::Claimed {
+                work_cid,
+                session,
+                error,
+            } => {
+                let work = hex::decode(&work_cid).unwrap_or_default();
+                self.granted.remove(&work);
+                if let Some(session) = session {
+                    self.held.insert(session);
+                } else {
+                    log::info!("claim not taken: {}", error.unwrap_or_default());
+                }
+                // Rounds of that work go to the worker now, or nowhere.
+                let (ready, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting)
+                    .into_iter()
+                    .partition(|(r, _)| r.work_cid == work);
+                self.waiting = rest;
+                self.to_draft.extend(
+                    ready
+                        .into_iter()
+                        .filter(|(r, _)| self.held.contains(&r.session_id)),
+                );
+            }
+            FromWorker::Answers {
+                answers,
+                released,
+                stats,
+            } => {
+                let mut drafted_any = false;
+                for answer in answers {
+                    let Some(channel) = self.in_flight.remove(&answer.id) else {
+                        continue;
+                    };
+                    let result = answer
+                        .result
+                        .and_then(|text| hex::decode(text).ok())
+                        .and_then(|bytes| frame::decode::<pb::WorkResult>(&bytes).ok());
+                    match result {
+                        Some(result) => {
+                            drafted_any = true;
+                            let _ = self
+                                .swarm
+                                .behaviour_mut()
+                                .verify
+                                .send_response(channel, result);
+                        }
+                        // Dropping the channel tells the oracle: no drafts.
+                        None => {
+                            log::debug!("round not drafted: {}", answer.error.unwrap_or_default())
+                        }
+                    }
+                }
+                for session in released {
+                    self.held.remove(&session);
+                }
+                self.update(|s| {
+                    s.stats = stats;
+                    if drafted_any && s.first_draft_at_ms.is_none() {
+                        s.first_draft_at_ms = Some(now_ms());
+                    }
+                });
+            }
+            FromWorker::Error { kind, message } => {
+                log::error!("model worker: {kind}: {message}");
+                let fatal = !self.loaded || kind == "worker";
+                self.update(|s| {
+                    s.model.error_kind = Some(kind);
+                    s.model.error = Some(message.clone());
+                    if fatal {
+                        s.phase = Phase::Failed;
+                        s.detail = Some(message);
+                    }
+                });
+            }
+        }
+    }
+
+    /// Sends the rounds waiting for the worker as one batch, unless it is
+    /// drafting the previous one.
+    fn send_batch(&mut self) {
+        if !self.in_flight.is_empty() || self.to_draft.is_empty() {
+            return;
+        }
+        let mut rounds = Vec::with_capacity(self.to_draft.len());
+        for (request, channel) in std::mem::take(&mut self.to_draft) {
+            let Ok(bytes) = frame::encode(&request) else {
+                continue;
+            };
+            let id = self.next_round_id;
+            self.next_round_id += 1;
+            self.in_flight.insert(id, channel);
+            rounds.push(RoundRequest {
+                id,
+                request: hex::encode(bytes),
+            });
+        }
+        if !rounds.is_empty() {
+            self.post(&ToWorker::Rounds { rounds });
+        }
     }
 
     /// Handles one event; returns the end of a ban when the oracle refused us
@@ -350,12 +688,28 @@ impl Node {
                     s.connections += 1;
                     s.detail = None;
                 });
+                let hardware = {
+                    let s = self.state.borrow();
+                    pb::HardwareInfo {
+                        webgpu_enabled: s.model.backend == Some(BackendKind::Webgpu),
+                        gpu_model: s
+                            .model
+                            .adapter
+                            .clone()
+                            .unwrap_or_default()
+                            .chars()
+                            .take(64)
+                            .collect(),
+                        cpu_cores: hardware_concurrency(),
+                        ..Default::default()
+                    }
+                };
                 let hello = net::handshake_message(
                     &self.key,
                     pb::NodeType::Scout,
                     &[VERIFY_PROTOCOL, CLAIM_PROTOCOL],
-                    Some(self.config.hardware.clone()),
-                    vec![self.config.model_cid.clone()],
+                    Some(hardware),
+                    vec![self.model_cid.clone()],
                     None,
                 );
                 self.swarm
@@ -375,41 +729,138 @@ impl Node {
                 }
                 None
             }
-            SwarmEvent::Behaviour(ScoutBehaviourEvent::Handshake(
-                request_response::Event::Message {
-                    peer,
-                    message: request_response::Message::Response { response, .. },
-                    ..
-                },
-            )) => self.handshake_reply(peer, response),
-            SwarmEvent::Behaviour(ScoutBehaviourEvent::Handshake(
-                request_response::Event::OutboundFailure { peer, error, .. },
-            )) => {
+            SwarmEvent::Behaviour(event) => self.behaviour(event),
+            _ => None,
+        }
+    }
+
+    fn behaviour(&mut self, event: ScoutBehaviourEvent) -> Option<u64> {
+        match event {
+            ScoutBehaviourEvent::Handshake(request_response::Event::Message {
+                peer,
+                message: request_response::Message::Response { response, .. },
+                ..
+            }) => return self.handshake_reply(peer, response),
+            ScoutBehaviourEvent::Handshake(request_response::Event::OutboundFailure {
+                peer,
+                error,
+                ..
+            }) => {
                 log::warn!("handshake with {peer} failed: {error}");
                 self.update(|s| s.detail = Some(format!("handshake failed: {error}")));
                 let _ = self.swarm.disconnect_peer_id(peer);
-                None
             }
-            SwarmEvent::Behaviour(ScoutBehaviourEvent::Gossipsub(gossipsub::Event::Message {
+            ScoutBehaviourEvent::Claim(request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            }) => {
+                if let Some(work) = self.claims.remove(&request_id) {
+                    let granted = response.ack.as_ref().is_some_and(|a| a.ok);
+                    match frame::encode(&response) {
+                        Ok(bytes) if granted => {
+                            self.granted.insert(work.clone());
+                            self.post(&ToWorker::Claimed {
+                                work_cid: hex::encode(&work),
+                                response: hex::encode(bytes),
+                            });
+                        }
+                        _ => self.waiting.retain(|(r, _)| r.work_cid != work),
+                    }
+                }
+            }
+            ScoutBehaviourEvent::Claim(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                ..
+            }) => {
+                if let Some(work) = self.claims.remove(&request_id) {
+                    self.waiting.retain(|(r, _)| r.work_cid != work);
+                }
+                log::debug!("claim failed: {error}");
+            }
+            ScoutBehaviourEvent::Verify(request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            }) => self.round_request(peer, request, channel),
+            ScoutBehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
                 message_id,
                 message,
-            })) => {
-                // Relayed on when well-formed; claims come with the model worker.
-                let verdict = if message.data.len() <= shared_proto::GOSSIP_MAX_LEN {
-                    MessageAcceptance::Accept
-                } else {
-                    MessageAcceptance::Reject
-                };
+            }) => {
+                let verdict = self.gossip(&message);
                 let _ = self
                     .swarm
                     .behaviour_mut()
                     .gossipsub
                     .report_message_validation_result(&message_id, &propagation_source, verdict);
-                None
             }
-            _ => None,
+            _ => {}
         }
+        None
+    }
+
+    /// A round from the oracle: to the worker's next batch when the worker
+    /// holds its session, held back while its claim is on the way,
+    /// dropped (unanswered) otherwise.
+    fn round_request(
+        &mut self,
+        peer: PeerId,
+        request: pb::DraftRequest,
+        channel: ResponseChannel<pb::WorkResult>,
+    ) {
+        if peer != self.oracle || !self.ready {
+            return;
+        }
+        if self.held.contains(&request.session_id) {
+            self.to_draft.push((request, channel));
+        } else if self.granted.contains(&request.work_cid)
+            || self.claims.values().any(|w| *w == request.work_cid)
+        {
+            self.waiting.push((request, channel));
+        }
+    }
+
+    /// Checks a gossip message and claims work that suits us.
+    fn gossip(&mut self, message: &gossipsub::Message) -> MessageAcceptance {
+        if message.topic != IdentTopic::new(WORK_TOPIC).hash() {
+            return net::relay_verdict(&message.data);
+        }
+        let assignment = match net::check_work_gossip(
+            &message.data,
+            now_ms(),
+            self.timeouts.max_clock_skew,
+            &mut self.replay,
+        ) {
+            Ok(a) => a,
+            Err(verdict) => return verdict,
+        };
+        let busy = self.claims.len() + self.granted.len() + self.held.len();
+        if message.source == Some(self.oracle)
+            && self.ready
+            && self.loaded
+            && assignment.model_cid == self.model_cid
+            && busy < self.max_sessions
+        {
+            let request = pb::ClaimRequest {
+                work_cid: assignment.prompt_cid.clone(),
+                model_cid: assignment.model_cid.clone(),
+            };
+            let id = self
+                .swarm
+                .behaviour_mut()
+                .claim
+                .send_request(&self.oracle, request);
+            self.claims.insert(id, assignment.prompt_cid);
+        }
+        MessageAcceptance::Accept
     }
 
     fn handshake_reply(&mut self, peer: PeerId, reply: pb::HandshakeReply) -> Option<u64> {

@@ -16,25 +16,43 @@ use wasm_bindgen_futures::JsFuture;
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 use web_time::Instant;
 
-use crate::bridge::{BackendChoice, BackendKind, FromWorker, ToWorker};
+use futures::StreamExt as _;
+use shared_proto::{Keypair, WireMessage, frame, pb};
 
-/// Starts the worker: installs the message handler and says [`FromWorker::Ready`].
+use crate::bridge::{
+    BackendChoice, BackendKind, FromWorker, ModelOffer, RoundAnswer, RoundRequest, ToWorker,
+    WorkerStats,
+};
+use crate::round::{RoundError, Scout};
+
+/// Messages waiting for the worker's loop; more than this means the page
+/// does not wait for answers.
+const INBOX: usize = 256;
+
+/// Starts the worker: installs the message handler, says
+/// [`FromWorker::Ready`], and handles messages one at a time, in order.
 pub fn start() {
     super::console::init();
     let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
-    let on_message = Closure::<dyn FnMut(MessageEvent)>::new(|event: MessageEvent| {
+    let (mut inbox, messages) = futures::channel::mpsc::channel::<ToWorker>(INBOX);
+    let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| {
         let Some(text) = event.data().as_string() else {
             post(&FromWorker::error("message", "expected a JSON string"));
             return;
         };
         match serde_json::from_str::<ToWorker>(&text) {
-            Ok(message) => wasm_bindgen_futures::spawn_local(handle(message)),
+            Ok(message) => {
+                if inbox.try_send(message).is_err() {
+                    post(&FromWorker::error("message", "the worker's inbox is full"));
+                }
+            }
             Err(e) => post(&FromWorker::error("message", format!("bad message: {e}"))),
         }
     });
     scope.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
     // The handler lives as long as the worker.
     on_message.forget();
+    wasm_bindgen_futures::spawn_local(run(messages));
     post(&FromWorker::Ready);
 }
 
@@ -51,26 +69,305 @@ fn post(message: &FromWorker) {
     }
 }
 
-async fn handle(message: ToWorker) {
-    match message {
-        ToWorker::Probe {
-            model_url,
-            layers,
-            tokens,
-            backend,
-            values,
-            draft_tokens,
-        } => {
-            let probe = Probe {
+/// A session without a round for this long is over for the scout.
+const SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The scout, on the backend it loaded on.
+enum Drafter {
+    #[cfg(feature = "webgpu")]
+    Webgpu(Box<Scout<shared_model::backend::WebGpu>>),
+    #[cfg(feature = "cpu")]
+    Cpu(Box<Scout<shared_model::backend::Cpu>>),
+}
+
+/// Runs `$body` with `$scout` bound to the scout, whatever its backend.
+macro_rules! with_scout {
+    ($drafter:expr, $scout:ident => $body:expr) => {
+        match $drafter {
+            #[cfg(feature = "webgpu")]
+            Drafter::Webgpu($scout) => $body,
+            #[cfg(feature = "cpu")]
+            Drafter::Cpu($scout) => $body,
+        }
+    };
+}
+
+async fn run(mut messages: futures::channel::mpsc::Receiver<ToWorker>) {
+    let mut drafter: Option<Drafter> = None;
+    while let Some(message) = messages.next().await {
+        match message {
+            ToWorker::Probe {
+                model_url,
                 layers,
                 tokens,
+                backend,
                 values,
                 draft_tokens,
-            };
-            if let Err(message) = run_probe(&model_url, backend, &probe).await {
-                post(&message);
+            } => {
+                let probe = Probe {
+                    layers,
+                    tokens,
+                    values,
+                    draft_tokens,
+                };
+                if let Err(message) = run_probe(&model_url, backend, &probe).await {
+                    post(&message);
+                }
+            }
+            ToWorker::Start {
+                key,
+                model,
+                backend,
+                max_sessions,
+                max_context,
+            } => {
+                if drafter.is_some() {
+                    post(&FromWorker::error("state", "the scout is running already"));
+                    continue;
+                }
+                match start_scout(&key, &model, backend, max_sessions, max_context).await {
+                    Ok(d) => drafter = Some(d),
+                    Err(message) => post(&message),
+                }
+            }
+            ToWorker::Claimed { work_cid, response } => {
+                let Some(d) = drafter.as_mut() else {
+                    post(&FromWorker::error("state", "no model loaded"));
+                    continue;
+                };
+                let outcome = decode_hex::<pb::ClaimResponse>(&response).and_then(|r| {
+                    let work = hex::decode(&work_cid).map_err(|e| e.to_string())?;
+                    with_scout!(d, s => s.claimed(&work, &r)).map_err(|e| e.to_string())
+                });
+                post(&FromWorker::Claimed {
+                    work_cid,
+                    session: outcome.as_ref().ok().copied(),
+                    error: outcome.err(),
+                });
+            }
+            ToWorker::Rounds { rounds } => {
+                let Some(d) = drafter.as_mut() else {
+                    post(&FromWorker::error("state", "no model loaded"));
+                    continue;
+                };
+                post(&with_scout!(d, s => answer_rounds(s, &rounds).await));
+            }
+            ToWorker::ReleaseAll => {
+                if let Some(d) = drafter.as_mut() {
+                    with_scout!(d, s => s.release_all());
+                }
             }
         }
+    }
+}
+
+/// Drafts `rounds` as one batch.
+async fn answer_rounds<B: Backend>(scout: &mut Scout<B>, rounds: &[RoundRequest]) -> FromWorker {
+    let before = scout.session_ids();
+    let mut answers: Vec<RoundAnswer> = Vec::with_capacity(rounds.len());
+    let mut requests = Vec::new();
+    let mut slots = Vec::new();
+    for round in rounds {
+        match decode_hex::<pb::DraftRequest>(&round.request) {
+            Ok(request) => {
+                slots.push(answers.len());
+                requests.push(request);
+                answers.push(RoundAnswer {
+                    id: round.id,
+                    result: None,
+                    error: None,
+                });
+            }
+            Err(e) => answers.push(RoundAnswer {
+                id: round.id,
+                result: None,
+                error: Some(e),
+            }),
+        }
+    }
+    let results = scout.answer_async(&requests).await;
+    for ((slot, request), result) in slots.into_iter().zip(&requests).zip(results) {
+        match result {
+            Ok(work) => match frame::encode(&work) {
+                Ok(bytes) => answers[slot].result = Some(hex::encode(bytes)),
+                Err(e) => answers[slot].error = Some(e.to_string()),
+            },
+            Err(e) => {
+                // A session out of step or too long is over for us.
+                if matches!(e, RoundError::OutOfStep { .. } | RoundError::TooLong(_)) {
+                    scout.release(request.session_id);
+                }
+                answers[slot].error = Some(e.to_string());
+            }
+        }
+    }
+    scout.release_idle(SESSION_IDLE);
+    let after = scout.session_ids();
+    let stats = scout.stats();
+    FromWorker::Answers {
+        answers,
+        released: before.into_iter().filter(|s| !after.contains(s)).collect(),
+        stats: WorkerStats {
+            claims: stats.claims,
+            rounds: stats.rounds,
+            drafted: stats.drafted,
+            accepted: stats.accepted,
+            sessions: after.len() as u64,
+        },
+    }
+}
+
+/// A protocol message from the hex of its frame (validated).
+fn decode_hex<T: WireMessage>(text: &str) -> Result<T, String> {
+    let bytes = hex::decode(text).map_err(|e| format!("not hex: {e}"))?;
+    frame::decode(&bytes).map_err(|e| e.to_string())
+}
+
+/// Downloads and checks the model, loads it on the chosen backend, and makes
+/// the scout.
+async fn start_scout(
+    key: &str,
+    offer: &ModelOffer,
+    choice: BackendChoice,
+    max_sessions: usize,
+    max_context: usize,
+) -> Result<Drafter, FromWorker> {
+    let started = Instant::now();
+    let key = hex::decode(key)
+        .ok()
+        .and_then(|bytes| Keypair::from_protobuf_encoding(&bytes).ok())
+        .ok_or_else(|| FromWorker::error("message", "the scout key does not decode"))?;
+    let bytes = download_checked(offer).await?;
+    let (kind, fallback_reason, adapter) = pick_backend(choice).await?;
+    let model_error = |e: &dyn std::fmt::Display| FromWorker::error("model", e);
+    let mut gguf = Gguf::from_bytes(bytes.as_slice()).map_err(|e| model_error(&e))?;
+    let drafter = match kind {
+        #[cfg(feature = "webgpu")]
+        BackendKind::Webgpu => {
+            let (device, info) = shared_model::backend::init_webgpu().await;
+            post(&FromWorker::Backend {
+                kind,
+                adapter: Some(adapter.unwrap_or(info.adapter)),
+                fallback_reason: None,
+            });
+            let model =
+                Llama::load(&mut gguf, &device, offer.layers).map_err(|e| model_error(&e))?;
+            Drafter::Webgpu(Box::new(Scout::new(
+                key,
+                DraftModel::new(model),
+                max_sessions,
+                max_context,
+            )))
+        }
+        #[cfg(feature = "cpu")]
+        BackendKind::Cpu => {
+            post(&FromWorker::Backend {
+                kind,
+                adapter: None,
+                fallback_reason,
+            });
+            let device = shared_model::backend::cpu_device();
+            let model =
+                Llama::load(&mut gguf, &device, offer.layers).map_err(|e| model_error(&e))?;
+            Drafter::Cpu(Box::new(Scout::new(
+                key,
+                DraftModel::new(model),
+                max_sessions,
+                max_context,
+            )))
+        }
+        #[allow(unreachable_patterns)]
+        other => {
+            return Err(FromWorker::error(
+                "backend",
+                format!("{} is not built into this worker", other.label()),
+            ));
+        }
+    };
+    // The first pass compiles the backend's kernels (seconds on a software
+    // GPU): do it now, not inside the oracle's first round deadline.
+    let warm = with_scout!(&drafter, s => s.warm_up().await);
+    if let Err(e) = warm {
+        return Err(model_error(&e));
+    }
+    post(&FromWorker::Loaded {
+        ms: ms_since(started),
+    });
+    Ok(drafter)
+}
+
+/// Downloads the model with progress and checks its size and SHA-256; a
+/// file that does not match is never used.
+async fn download_checked(offer: &ModelOffer) -> Result<Vec<u8>, FromWorker> {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    let mut bytes = Vec::with_capacity(usize::try_from(offer.size).unwrap_or(0));
+    let mut last_report = 0u64;
+    fetch_streaming(&offer.url, |chunk| {
+        hasher.update(chunk);
+        bytes.extend_from_slice(chunk);
+        let received = bytes.len() as u64;
+        if received - last_report >= 1 << 20 || received == offer.size {
+            last_report = received;
+            post(&FromWorker::Progress {
+                received,
+                total: offer.size,
+            });
+        }
+    })
+    .await?;
+    if bytes.len() as u64 != offer.size {
+        return Err(FromWorker::error(
+            "checksum",
+            format!(
+                "the model download has {} bytes, the oracle announced {}",
+                bytes.len(),
+                offer.size
+            ),
+        ));
+    }
+    let got = hex::encode(hasher.finalize());
+    if !got.eq_ignore_ascii_case(offer.sha256.trim()) {
+        return Err(FromWorker::error(
+            "checksum",
+            format!(
+                "the model download is corrupt: SHA-256 {got}, expected {}",
+                offer.sha256
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// GETs `url`, handing each chunk of the body to `on_chunk` as it arrives.
+async fn fetch_streaming(url: &str, mut on_chunk: impl FnMut(&[u8])) -> Result<(), FromWorker> {
+    let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
+    let fetch_error = |e: JsValue| FromWorker::error("fetch", format!("{url}: {e:?}"));
+    let response: web_sys::Response = JsFuture::from(scope.fetch_with_str(url))
+        .await
+        .map_err(fetch_error)?
+        .unchecked_into();
+    if !response.ok() {
+        return Err(FromWorker::error(
+            "fetch",
+            format!("{url}: HTTP {}", response.status()),
+        ));
+    }
+    let body = response
+        .body()
+        .ok_or_else(|| FromWorker::error("fetch", format!("{url}: no body")))?;
+    let reader: web_sys::ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+    loop {
+        let step = JsFuture::from(reader.read()).await.map_err(fetch_error)?;
+        let done = Reflect::get(&step, &"done".into())
+            .map(|v| v.is_truthy())
+            .unwrap_or(true);
+        if done {
+            return Ok(());
+        }
+        let value = Reflect::get(&step, &"value".into()).map_err(fetch_error)?;
+        let chunk: Uint8Array = value.unchecked_into();
+        on_chunk(&chunk.to_vec());
     }
 }
 

