@@ -416,15 +416,11 @@ impl<B: Backend> Node<B> {
             && assignment.model_cid == self.config.model_cid
             && self.claims.len() < self.scout.room()
         {
-            let request = pb::ClaimRequest {
-                work_cid: assignment.prompt_cid.clone(),
-                model_cid: assignment.model_cid.clone(),
-            };
             let id = self
                 .swarm
                 .behaviour_mut()
                 .claim
-                .send_request(&self.oracle, request);
+                .send_request(&self.oracle, net::claim_request(&assignment));
             self.claims.insert(id, assignment.prompt_cid);
         }
         MessageAcceptance::Accept

@@ -324,6 +324,14 @@ pub fn check_work_gossip(
     Ok(assignment)
 }
 
+/// The claim a scout sends for an announced assignment.
+pub fn claim_request(assignment: &pb::WorkAssignment) -> pb::ClaimRequest {
+    pb::ClaimRequest {
+        work_cid: assignment.prompt_cid.clone(),
+        model_cid: assignment.model_cid.clone(),
+    }
+}
+
 /// How gossipsub should treat a message on a topic a scout only relays
 /// (topology, results): passed on when it fits a gossip frame.
 pub fn relay_verdict(data: &[u8]) -> gossipsub::MessageAcceptance {

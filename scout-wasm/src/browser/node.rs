@@ -849,15 +849,11 @@ impl Node {
             && assignment.model_cid == self.model_cid
             && busy < self.max_sessions
         {
-            let request = pb::ClaimRequest {
-                work_cid: assignment.prompt_cid.clone(),
-                model_cid: assignment.model_cid.clone(),
-            };
             let id = self
                 .swarm
                 .behaviour_mut()
                 .claim
-                .send_request(&self.oracle, request);
+                .send_request(&self.oracle, net::claim_request(&assignment));
             self.claims.insert(id, assignment.prompt_cid);
         }
         MessageAcceptance::Accept

@@ -389,7 +389,7 @@ async fn run_probe(
     let fetch_ms = ms_since(started);
     #[cfg_attr(not(feature = "webgpu"), allow(unused_variables))]
     let (kind, fallback_reason, adapter_description) = pick_backend(choice).await?;
-    let measured = match kind {
+    let report = match kind {
         #[cfg(feature = "webgpu")]
         BackendKind::Webgpu => {
             let (device, info) = shared_model::backend::init_webgpu().await;
@@ -400,7 +400,8 @@ async fn run_probe(
                 adapter: Some(adapter),
                 fallback_reason: None,
             });
-            probe_on::<shared_model::backend::WebGpu>(&bytes, &device, probe).await?
+            probe_on::<shared_model::backend::WebGpu>(&bytes, &device, probe, kind, fetch_ms)
+                .await?
         }
         #[cfg(feature = "cpu")]
         BackendKind::Cpu => {
@@ -410,7 +411,7 @@ async fn run_probe(
                 fallback_reason,
             });
             let device = shared_model::backend::cpu_device();
-            probe_on::<shared_model::backend::Cpu>(&bytes, &device, probe).await?
+            probe_on::<shared_model::backend::Cpu>(&bytes, &device, probe, kind, fetch_ms).await?
         }
         #[allow(unreachable_patterns)]
         other => {
@@ -420,34 +421,19 @@ async fn run_probe(
             ));
         }
     };
-    post(&FromWorker::Probe {
-        backend: kind,
-        model_bytes: bytes.len() as u64,
-        fetch_ms,
-        load_ms: measured.load_ms,
-        first_forward_ms: measured.first_forward_ms,
-        rows: measured.rows,
-        argmax: measured.argmax,
-        drafted: measured.drafted,
-        draft_tokens_per_s: measured.draft_tokens_per_s,
-    });
+    post(&report);
     Ok(())
 }
 
-struct Measured {
-    load_ms: f64,
-    first_forward_ms: f64,
-    rows: Vec<Vec<f32>>,
-    argmax: Vec<u32>,
-    drafted: Vec<u32>,
-    draft_tokens_per_s: f64,
-}
-
+/// Loads the model from `bytes` on `device` and runs `probe`; `kind` and
+/// `fetch_ms` go into the report as they are.
 async fn probe_on<B: Backend>(
     bytes: &[u8],
     device: &B::Device,
     probe: &Probe,
-) -> Result<Measured, FromWorker> {
+    kind: BackendKind,
+    fetch_ms: f64,
+) -> Result<FromWorker, FromWorker> {
     let model_error = |e: &dyn std::fmt::Display| FromWorker::error("model", e);
     let started = Instant::now();
     let mut gguf = Gguf::from_bytes(bytes).map_err(|e| model_error(&e))?;
@@ -508,7 +494,10 @@ async fn probe_on<B: Backend>(
         drafted = out.into_iter().flat_map(|d| d.tokens).collect();
         draft_tokens_per_s = drafted.len() as f64 / seconds.max(1e-9);
     }
-    Ok(Measured {
+    Ok(FromWorker::Probe {
+        backend: kind,
+        model_bytes: bytes.len() as u64,
+        fetch_ms,
         load_ms,
         first_forward_ms,
         rows,
@@ -592,22 +581,9 @@ async fn webgpu_adapter_present() -> Result<String, String> {
 
 /// GETs `url` whole.
 async fn fetch_bytes(url: &str) -> Result<Vec<u8>, FromWorker> {
-    let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
-    let fetch_error = |e: JsValue| FromWorker::error("fetch", format!("{url}: {e:?}"));
-    let response: web_sys::Response = JsFuture::from(scope.fetch_with_str(url))
-        .await
-        .map_err(fetch_error)?
-        .unchecked_into();
-    if !response.ok() {
-        return Err(FromWorker::error(
-            "fetch",
-            format!("{url}: HTTP {}", response.status()),
-        ));
-    }
-    let buffer = JsFuture::from(response.array_buffer().map_err(fetch_error)?)
-        .await
-        .map_err(fetch_error)?;
-    Ok(Uint8Array::new(&buffer).to_vec())
+    let mut bytes = Vec::new();
+    fetch_streaming(url, |chunk| bytes.extend_from_slice(chunk)).await?;
+    Ok(bytes)
 }
 
 fn ms_since(started: Instant) -> f64 {
