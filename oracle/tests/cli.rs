@@ -89,6 +89,22 @@ fn bad_input_gives_a_clear_error_and_exit_code() {
     // Usage errors are clap's: exit code 2.
     let out = oracle(&["tokenize", "--text", "x"]);
     assert_eq!(out.status.code(), Some(2));
+
+    // `oracle logits` (the browser tests' reference): ids outside the vocabulary.
+    let m = model();
+    let out = oracle(&[
+        "logits",
+        "--model",
+        m.to_str().unwrap(),
+        "--layers",
+        "1",
+        "--tokens",
+        "1,999999",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("outside the vocabulary"));
+    let out = oracle(&["logits", "--model", m.to_str().unwrap(), "--tokens", "x"]);
+    assert_eq!(out.status.code(), Some(2));
 }
 
 #[derive(serde::Deserialize)]
@@ -318,6 +334,7 @@ fn serve_refuses_bad_configuration_clearly() {
         (vec!["--model=/nonexistent/model.gguf"], "scripts/setup.sh"),
         (vec!["--p2p-listen", "nonsense"], "is not a multiaddr"),
         (vec!["--golden-interval-s", "0"], "--golden-interval-s"),
+        (vec!["--scout-layers", "0"], "--scout-layers"),
         (
             vec![
                 "--p2p-listen",
