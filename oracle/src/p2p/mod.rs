@@ -16,6 +16,7 @@ pub mod identity;
 mod leech;
 mod node;
 pub mod results;
+mod webrtc;
 
 pub use behaviour::{KAD_PROTOCOL, OracleBehaviour};
 pub use node::{NetConfig, NetError, NetStatus, NetView, PeerView, start};

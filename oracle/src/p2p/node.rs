@@ -27,6 +27,7 @@ use super::behaviour::{OracleBehaviour, OracleBehaviourEvent};
 use super::golden::{GoldenRun, Step, Ticket, TicketBook};
 use super::identity::{self, IdentityError};
 use super::results;
+use super::webrtc::{self, BrowserGate};
 use crate::engine::{ClaimGrant, EngineHandle, ToNetwork};
 use crate::metrics::Metrics;
 use crate::scheduler::SessionId;
@@ -221,8 +222,16 @@ fn build_swarm(
         .map_err(|e| err(&e))?
         .with_quic()
         .with_other_transport(|key| {
-            Ok(libp2p_webrtc::tokio::Transport::new(key.clone(), cert)
-                .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn))))
+            Ok(libp2p_webrtc::tokio::Transport::new(key.clone(), cert).map(
+                |(peer, conn), endpoint| {
+                    let conn = if endpoint.is_listener() {
+                        BrowserGate::gated(conn, webrtc::OUTBOUND_GRACE)
+                    } else {
+                        BrowserGate::open(conn)
+                    };
+                    (peer, StreamMuxerBox::new(conn))
+                },
+            ))
         })
         .map_err(|e| err(&e))?
         .with_dns()
