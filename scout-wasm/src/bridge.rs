@@ -21,6 +21,16 @@ pub enum BackendChoice {
     Cpu,
 }
 
+/// Where the worker got the draft model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelSource {
+    /// The browser's cache: nothing downloaded.
+    Cache,
+    /// Downloaded from the oracle.
+    Network,
+}
+
 /// The backend the model runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -199,6 +209,11 @@ pub enum FromWorker {
     Loaded {
         /// Milliseconds from the start message.
         ms: f64,
+        /// Where the model came from.
+        source: ModelSource,
+        /// Why the browser's cache could not serve or keep the model (quota,
+        /// no Cache Storage on a plain-http page); it is used anyway.
+        cache_error: Option<String>,
     },
     /// What became of a granted claim.
     Claimed {

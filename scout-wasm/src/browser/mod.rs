@@ -11,5 +11,6 @@
 
 pub mod console;
 pub mod identity;
+mod model_store;
 pub mod node;
 pub mod worker;

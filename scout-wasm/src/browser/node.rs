@@ -32,7 +32,8 @@ use web_time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::behaviour::{ScoutBehaviour, ScoutBehaviourEvent};
 use crate::bridge::{
-    BackendChoice, BackendKind, FromWorker, ModelOffer, RoundRequest, ToWorker, WorkerStats,
+    BackendChoice, BackendKind, FromWorker, ModelOffer, ModelSource, RoundRequest, ToWorker,
+    WorkerStats,
 };
 use crate::dial::{BrowserTransport, browser_dial_order};
 use crate::net::{self, Backoff, HandshakeVerdict, NetTimeouts};
@@ -78,6 +79,11 @@ pub struct ModelState {
     pub adapter: Option<String>,
     /// Why WebGPU is not used.
     pub fallback_reason: Option<String>,
+    /// Where the model came from: the browser's cache or the network.
+    pub source: Option<ModelSource>,
+    /// Why the browser's cache could not serve or keep the model (shown to
+    /// the person; the model is used anyway).
+    pub cache_error: Option<String>,
     /// What failed (`fetch`, `checksum`, `model`, `webgpu`, `worker`, …).
     pub error_kind: Option<String>,
     /// How.
@@ -563,12 +569,18 @@ impl Node {
                 s.model.adapter = adapter;
                 s.model.fallback_reason = fallback_reason;
             }),
-            FromWorker::Loaded { ms } => {
-                log::info!("draft model loaded in {ms:.0} ms");
+            FromWorker::Loaded {
+                ms,
+                source,
+                cache_error,
+            } => {
+                log::info!("draft model loaded in {ms:.0} ms (from the {source:?})");
                 self.loaded = true;
                 self.update(|s| {
                     s.model.loaded = true;
                     s.model.load_ms = Some(ms);
+                    s.model.source = Some(source);
+                    s.model.cache_error = cache_error;
                 });
             }
             FromWorker::Claimed {

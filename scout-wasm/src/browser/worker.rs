@@ -5,7 +5,7 @@
 //! messages and gets [`FromWorker`] answers. Everything awaits: a worker may
 //! not block on the GPU.
 
-use js_sys::{Promise, Reflect, Uint8Array};
+use js_sys::{Promise, Reflect};
 use shared_model::backend::Backend;
 use shared_model::draft::{DraftJob, DraftModel};
 use shared_model::gguf::Gguf;
@@ -237,7 +237,14 @@ async fn start_scout(
         .ok()
         .and_then(|bytes| Keypair::from_protobuf_encoding(&bytes).ok())
         .ok_or_else(|| FromWorker::error("message", "the scout key does not decode"))?;
-    let bytes = download_checked(offer).await?;
+    let obtained = super::model_store::obtain(offer, |received| {
+        post(&FromWorker::Progress {
+            received,
+            total: offer.size,
+        });
+    })
+    .await?;
+    let bytes = obtained.bytes;
     let (kind, fallback_reason, adapter) = pick_backend(choice).await?;
     let model_error = |e: &dyn std::fmt::Display| FromWorker::error("model", e);
     let mut gguf = Gguf::from_bytes(bytes.as_slice()).map_err(|e| model_error(&e))?;
@@ -292,83 +299,10 @@ async fn start_scout(
     }
     post(&FromWorker::Loaded {
         ms: ms_since(started),
+        source: obtained.source,
+        cache_error: obtained.cache_error,
     });
     Ok(drafter)
-}
-
-/// Downloads the model with progress and checks its size and SHA-256; a
-/// file that does not match is never used.
-async fn download_checked(offer: &ModelOffer) -> Result<Vec<u8>, FromWorker> {
-    use sha2::Digest as _;
-    let mut hasher = sha2::Sha256::new();
-    let mut bytes = Vec::with_capacity(usize::try_from(offer.size).unwrap_or(0));
-    let mut last_report = 0u64;
-    fetch_streaming(&offer.url, |chunk| {
-        hasher.update(chunk);
-        bytes.extend_from_slice(chunk);
-        let received = bytes.len() as u64;
-        if received - last_report >= 1 << 20 || received == offer.size {
-            last_report = received;
-            post(&FromWorker::Progress {
-                received,
-                total: offer.size,
-            });
-        }
-    })
-    .await?;
-    if bytes.len() as u64 != offer.size {
-        return Err(FromWorker::error(
-            "checksum",
-            format!(
-                "the model download has {} bytes, the oracle announced {}",
-                bytes.len(),
-                offer.size
-            ),
-        ));
-    }
-    let got = hex::encode(hasher.finalize());
-    if !got.eq_ignore_ascii_case(offer.sha256.trim()) {
-        return Err(FromWorker::error(
-            "checksum",
-            format!(
-                "the model download is corrupt: SHA-256 {got}, expected {}",
-                offer.sha256
-            ),
-        ));
-    }
-    Ok(bytes)
-}
-
-/// GETs `url`, handing each chunk of the body to `on_chunk` as it arrives.
-async fn fetch_streaming(url: &str, mut on_chunk: impl FnMut(&[u8])) -> Result<(), FromWorker> {
-    let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
-    let fetch_error = |e: JsValue| FromWorker::error("fetch", format!("{url}: {e:?}"));
-    let response: web_sys::Response = JsFuture::from(scope.fetch_with_str(url))
-        .await
-        .map_err(fetch_error)?
-        .unchecked_into();
-    if !response.ok() {
-        return Err(FromWorker::error(
-            "fetch",
-            format!("{url}: HTTP {}", response.status()),
-        ));
-    }
-    let body = response
-        .body()
-        .ok_or_else(|| FromWorker::error("fetch", format!("{url}: no body")))?;
-    let reader: web_sys::ReadableStreamDefaultReader = body.get_reader().unchecked_into();
-    loop {
-        let step = JsFuture::from(reader.read()).await.map_err(fetch_error)?;
-        let done = Reflect::get(&step, &"done".into())
-            .map(|v| v.is_truthy())
-            .unwrap_or(true);
-        if done {
-            return Ok(());
-        }
-        let value = Reflect::get(&step, &"value".into()).map_err(fetch_error)?;
-        let chunk: Uint8Array = value.unchecked_into();
-        on_chunk(&chunk.to_vec());
-    }
 }
 
 /// What a probe runs.
@@ -582,7 +516,7 @@ async fn webgpu_adapter_present() -> Result<String, String> {
 /// GETs `url` whole.
 async fn fetch_bytes(url: &str) -> Result<Vec<u8>, FromWorker> {
     let mut bytes = Vec::new();
-    fetch_streaming(url, |chunk| bytes.extend_from_slice(chunk)).await?;
+    super::model_store::fetch_streaming(url, |chunk| bytes.extend_from_slice(chunk)).await?;
     Ok(bytes)
 }
 
