@@ -117,3 +117,31 @@ test('a scout tab drafts on the CPU over WebRTC and the oracle uses its drafts',
 test('a scout tab drafts over the WebSocket fallback', async ({ page }) => {
   await scoutDrafts(page, 'cpu', 'cpu', WEBSOCKET);
 });
+
+test('closing the scout tab mid-answer does not break the answer', async ({ browser }) => {
+  test.setTimeout(300_000);
+  const maxTokens = 40;
+  const expected = generateAlone(PROMPT, maxTokens);
+  const page = await browser.newPage();
+  await startScout(page, oracle.origin, { backend: 'cpu', pick: WEBRTC });
+  await expect
+    .poll(async () => (await scoutState(page)).phase, { timeout: 60_000, intervals: [500] })
+    .toBe('ready');
+  await expect.poll(async () => (await status()).scouts_connected).toBe(1);
+  await new Promise((resolve) => setTimeout(resolve, 3000));
+  const answer = fetch(`${oracle.origin}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ prompt: PROMPT, max_tokens: maxTokens, temperature: 0 }),
+  });
+  // Close the tab once it is drafting for this answer.
+  await expect
+    .poll(async () => (await scoutState(page)).stats.rounds, { timeout: 60_000, intervals: [100] })
+    .toBeGreaterThan(0);
+  await page.close();
+  const response = await answer;
+  expect(response.status).toBe(200);
+  const body = await response.json();
+  expect(body.choices[0].text).toBe(expected.text);
+  expect(body.usage.completion_tokens).toBe(expected.stats.generated_tokens);
+});
