@@ -75,6 +75,10 @@ enum Command {
         /// Timed repetitions of each k-token forward pass (the median is shown).
         #[arg(long, default_value_t = 10)]
         repeat: usize,
+        /// Use only the first N blocks (what a scout's `--scout-layers N` cut
+        /// runs), e.g. to compare with the browser scout's draft speed.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        layers: Option<u64>,
     },
     /// Serve the model: the OpenAI-compatible API, status, metrics and the web app.
     Serve(Box<ServeArgs>),
@@ -238,11 +242,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             model,
             backend,
             repeat,
+            layers,
         } => {
+            let layers = layers.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
             with_backend!(backend, |device: B| bench::<B>(
                 &model,
                 &device,
-                repeat.max(1)
+                repeat.max(1),
+                layers
             ))
         }
         Command::Serve(args) => {
@@ -528,14 +535,19 @@ fn peak_memory_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn bench<B: Backend>(model_path: &Path, device: &B::Device, repeat: usize) -> anyhow::Result<()> {
+fn bench<B: Backend>(
+    model_path: &Path,
+    device: &B::Device,
+    repeat: usize,
+    layers: Option<usize>,
+) -> anyhow::Result<()> {
     const PROMPT_TOKENS: usize = 128;
     const DECODE_TOKENS: usize = 128;
 
     let started = Instant::now();
     let mut gguf = open(model_path)?;
     let tokenizer = load_tokenizer(&gguf, model_path)?;
-    let model = load_model::<B>(&mut gguf, model_path, device, None)?;
+    let model = load_model::<B>(&mut gguf, model_path, device, layers)?;
     let load_ms = ms(started);
 
     // A fixed 128-token prompt: ordinary English, repeated as needed.
@@ -587,6 +599,9 @@ fn bench<B: Backend>(model_path: &Path, device: &B::Device, repeat: usize) -> an
             .map(|n| n.to_string_lossy())
             .unwrap_or_default()
     );
+    if let Some(n) = layers {
+        println!("| blocks | the first {n} |");
+    }
     let backend = std::any::type_name::<B>();
     println!("| backend | {backend}, f32 weights and activations |");
     println!("| load | {load_ms:.0} ms |");

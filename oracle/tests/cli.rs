@@ -105,6 +105,10 @@ fn bad_input_gives_a_clear_error_and_exit_code() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("outside the vocabulary"));
     let out = oracle(&["logits", "--model", m.to_str().unwrap(), "--tokens", "x"]);
     assert_eq!(out.status.code(), Some(2));
+    // A bench of zero blocks measures nothing.
+    let out = oracle(&["bench", "--model", m.to_str().unwrap(), "--layers", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--layers"));
 }
 
 #[derive(serde::Deserialize)]
