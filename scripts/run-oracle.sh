@@ -11,6 +11,14 @@ setup_main rust
 ensure_model
 say "building the oracle (release)"
 cargo build --locked --release -p oracle
+# The web app (the page and the scout's model worker, two wasm bundles): rebuilt
+# when anything it is made of is newer than the last build.
+if [ ! -f webapp/dist/index.html ] || [ -n "$(find webapp scout-wasm shared-model shared-proto \
+        Cargo.toml Cargo.lock trunk.toml -newer webapp/dist/index.html \
+        -not -path 'webapp/dist*' -print -quit)" ]; then
+    say "building the web app (trunk, release wasm; minutes the first time)"
+    TRUNK_OFFLINE=true trunk build --config trunk.toml
+fi
 if [ "$#" -eq 0 ]; then
     set -- serve --model "$SHARD_MODELS_DIR/$DEFAULT_MODEL"
 fi
