@@ -3,12 +3,11 @@
 #
 #   scripts/test.sh
 #
-# In order: setup (scripts/setup.sh), formatting, clippy with warnings as errors
-# (native; wasm32 for shared-proto, shared-model and scout-wasm on WebGPU), the Rust
-# tests of the whole workspace (the model tests run the real default model), the OpenAI
-# Python SDK against a real `oracle serve`, the CUDA feature's compile check, the web
-# app through trunk, the fuzz target, the setup's own model check, and the browser
-# tests. Stops at the first failure.
+# In order: setup (scripts/setup.sh), formatting, the Rust tests of the whole
+# workspace (the model tests run the real default model) built with clippy's lints as
+# errors, the OpenAI Python SDK against a real `oracle serve`, clippy on the CUDA
+# feature, the web app through trunk (clippy again, for wasm32), the fuzz target, the
+# setup's own model check, and the browser tests. Stops at the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/setup.sh
@@ -61,17 +60,28 @@ fuzz_smoke() {
 
 step "setup" setup_main all
 step "cargo fmt --check" cargo fmt --all -- --check
-step "cargo clippy (native, -D warnings)" cargo clippy --locked --workspace --all-targets -- -D warnings
-# The wasm32 crates are libraries (no linking), so clippy proves they build for the
-# browser without LLVM's codegen of burn's WebGPU stack; the web app's trunk build
-# (below) is the real wasm32 compile and link.
-step "cargo clippy (wasm32: shared-proto; shared-model and scout-wasm on WebGPU and CPU; -D warnings)" \
-    scripts/wasm-cargo clippy --locked -p shared-proto -p shared-model -p scout-wasm \
-    --no-default-features --features scout-wasm/webgpu,scout-wasm/cpu -- -D warnings
+
+# Clippy lints our crates while they compile for the tests and for the browser.
+# `cargo clippy` is `cargo check` with clippy-driver as the workspace's rustc wrapper;
+# a check build shares no artifacts with a real build, so every dependency (burn,
+# libp2p, …) would compile twice more, native and wasm32 — 20 minutes of a cold CI
+# run. The same wrapper on the real builds lints the same code (lib, bins, tests,
+# examples, benches; the wasm32 crates as the web app links them) once. This is how
+# cargo-clippy drives clippy-driver: RUSTC_WORKSPACE_WRAPPER plus CLIPPY_ARGS.
+with_clippy() {
+    local driver
+    driver="$(rustup which clippy-driver 2>/dev/null || command -v clippy-driver || true)"
+    [ -n "$driver" ] || die "clippy-driver not found (rustup component add clippy)"
+    RUSTC_WORKSPACE_WRAPPER="$driver" CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__" "$@"
+}
+
 RESULTS="$(mktemp)"
 trap 'rm -f "$RESULTS"' EXIT
 cargo_tests() {
-    cargo test --locked --workspace 2>&1 | tee "$RESULTS"
+    # --all-targets builds (and lints) benches and examples too; the run itself is
+    # plain `cargo test`, which reuses that build.
+    with_clippy cargo test --locked --workspace --all-targets --no-run
+    with_clippy cargo test --locked --workspace 2>&1 | tee "$RESULTS"
 }
 browser_tests() {
     (cd playwright && npx playwright test) 2>&1 | tee -a "$RESULTS"
@@ -106,10 +116,12 @@ openai_sdk_test() {
     echo "1 passed" >>"$RESULTS"
 }
 
-step "cargo test" cargo_tests
+step "cargo test (built with clippy -D warnings)" cargo_tests
 step "OpenAI Python SDK against oracle serve" openai_sdk_test
-step "CUDA backend compiles (runs where a GPU is)" cargo check --locked -p oracle --features cuda
-step "web app build (trunk, offline)" env TRUNK_OFFLINE=true trunk build --config trunk.toml
+step "cargo clippy on the CUDA backend (runs where a GPU is)" \
+    cargo clippy --locked -p oracle --features cuda -- -D warnings
+step "web app build (trunk, offline; clippy -D warnings on the wasm32 crates)" \
+    with_clippy env TRUNK_OFFLINE=true trunk build --config trunk.toml
 step "fuzz target" fuzz_smoke
 step "setup: corrupted model is fetched again" model_refetch_check
 step "browser tests (Playwright, Debian chromium)" browser_tests

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use shared_model::backend::{Backend, Cpu, cpu_device};
@@ -179,7 +179,7 @@ macro_rules! with_backend {
             }
             #[cfg(not(feature = "cuda"))]
             BackendChoice::Cuda => {
-                bail!("this oracle was built without CUDA: rebuild with `--features cuda`")
+                anyhow::bail!("this oracle was built without CUDA: rebuild with `--features cuda`")
             }
         }
     };
