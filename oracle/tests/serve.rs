@@ -279,6 +279,21 @@ async fn chat_streams_in_openai_chunks_and_equals_the_whole_answer() {
             .iter()
             .all(|c| c["object"] == "chat.completion.chunk")
     );
+    // Shard's extension: each content chunk names its tokens' texts and whether
+    // a draft proposed them (none here: no draft model, no scouts).
+    for chunk in chunks.iter().filter(|c| c["shard"].is_object()) {
+        let pieces = chunk["shard"]["pieces"].as_array().unwrap();
+        let drafted = chunk["shard"]["drafted"].as_array().unwrap();
+        assert_eq!(pieces.len(), drafted.len(), "{chunk}");
+        assert!(drafted.iter().all(|d| d == false), "{chunk}");
+    }
+    let pieces: String = chunks
+        .iter()
+        .filter_map(|c| c["shard"]["pieces"].as_array())
+        .flatten()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(pieces, content);
     // Without include_usage there is no usage chunk and no usage field.
     let body = json!({"messages": messages, "max_tokens": 4, "stream": true, "temperature": 0});
     let (_, _, raw) = send(app, post("/v1/chat/completions", &body)).await;
@@ -712,6 +727,19 @@ async fn with_a_draft_model_outputs_are_unchanged_and_drafts_are_accepted() {
             "prompt {i}"
         );
     }
+    // Streamed, the chunks say which tokens the draft proposed.
+    let body = json!({"prompt": PROMPTS[0], "max_tokens": 16, "temperature": 0, "stream": true});
+    let (_, _, raw) = send(app, post("/v1/completions", &body)).await;
+    let data = sse_data(&raw);
+    let drafted: Vec<bool> = data
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|c| c["shard"]["drafted"].as_array().cloned())
+        .flatten()
+        .map(|d| d.as_bool().unwrap())
+        .collect();
+    assert!((1..=16).contains(&drafted.len()), "{data:?}");
+    assert!(drafted.iter().any(|&d| d), "{data:?}");
     // Seeded sampling with drafts equals sampling without them.
     let prompt = "<|im_start|>user\nTell me a story.<|im_end|>\n<|im_start|>assistant\n";
     let body = json!({"prompt": prompt, "max_tokens": 12, "temperature": 0.7, "seed": 3});

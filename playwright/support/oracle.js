@@ -122,7 +122,19 @@ function watchConsole(page) {
   return errors;
 }
 
+const SCREENSHOTS = path.join(__dirname, '..', 'test-results', 'screenshots');
+
+/** Saves `page` as test-results/screenshots/NAME-WIDTHpx.png (a CI artifact). */
+async function screenshot(page, name) {
+  fs.mkdirSync(SCREENSHOTS, { recursive: true });
+  const { width } = page.viewportSize();
+  const file = path.join(SCREENSHOTS, `${name}-${width}px.png`);
+  await page.screenshot({ path: file, fullPage: true });
+  return file;
+}
+
 module.exports = {
+  screenshot,
   startOracle,
   startScout,
   scoutState,

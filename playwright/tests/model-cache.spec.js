@@ -3,7 +3,7 @@
 // an error the page can show, and never cached.
 const http = require('node:http');
 const { test, expect } = require('@playwright/test');
-const { startOracle, startScout, scoutState, watchConsole } = require('../support/oracle');
+const { startOracle, startScout, scoutState, screenshot, watchConsole } = require('../support/oracle');
 
 let oracle;
 
@@ -95,15 +95,16 @@ test('a corrupted download is refused with a visible error and never cached', as
   test.setTimeout(120_000);
   const proxy = await corruptingProxy();
   try {
-    await startScout(page, proxy.origin, { backend: 'cpu' });
-    await expect.poll(async () => (await scoutState(page)).phase, { timeout: 60_000 }).toBe('failed');
-    const state = await scoutState(page);
-    expect(state.model.error_kind).toBe('checksum');
-    expect(state.model.error).toContain('corrupt');
-    expect(state.detail).toContain('corrupt');
-    expect(state.model.loaded).toBe(false);
-    expect(state.connections).toBe(0);
+    await page.goto(proxy.origin);
+    await page.getByTestId('backend-choice').selectOption('cpu');
+    await page.getByTestId('contribute').click();
+    const state = page.getByTestId('state');
+    await expect(state).toContainText('This tab cannot contribute', { timeout: 60_000 });
+    await expect(state).toContainText('corrupt');
+    await expect(page.getByTestId('transport')).toHaveText('not connected');
+    await expect(page.getByTestId('contribute')).toHaveText('Contribute');
     expect(await cachedModels(page)).toBe(0);
+    await screenshot(page, 'contribute-download-corrupt');
   } finally {
     proxy.server.close();
   }

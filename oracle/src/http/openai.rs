@@ -690,7 +690,8 @@ fn stream_response(job: Job, session: SessionStream) -> Response {
                         continue;
                     }
                     let logprobs = s.job.logprobs(&tokens);
-                    let chunk = s.job.content_chunk(&text, logprobs);
+                    let mut chunk = s.job.content_chunk(&text, logprobs);
+                    chunk["shard"] = s.job.shard_extension(&tokens);
                     s.queue.push_back(data(&chunk));
                 }
                 Some(SessionEvent::Finished { finish, stats }) => {
@@ -763,6 +764,19 @@ impl Job {
 
     fn content_chunk(&self, text: &str, logprobs: Value) -> Value {
         self.chunk(json!({"content": text}), logprobs, Value::Null)
+    }
+
+    /// Shard's addition to a streamed content chunk: the text of each token
+    /// and whether a draft proposed it, so the web console can mark what scouts
+    /// drafted. OpenAI clients ignore the extra field.
+    fn shard_extension(&self, tokens: &[OutputToken]) -> Value {
+        let tokenizer = &self.state.tokenizer;
+        let pieces: Vec<String> = tokens
+            .iter()
+            .map(|t| String::from_utf8_lossy(&tokenizer.token_bytes(t.token, false)).into_owned())
+            .collect();
+        let drafted: Vec<bool> = tokens.iter().map(|t| t.drafted).collect();
+        json!({"pieces": pieces, "drafted": drafted})
     }
 
     fn finish_chunk(&self, reason: &str) -> Value {
