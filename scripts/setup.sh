@@ -136,8 +136,9 @@ ensure_rust() {
 # ------------------------------------------------------------------ browser
 
 ensure_chromium() {
-    if command -v chromium >/dev/null; then return; fi
-    apt_install chromium
+    command -v chromium >/dev/null || apt_install chromium
+    # wasm-bindgen-test-runner drives Chromium through chromedriver (scripts/wasm-test).
+    command -v chromedriver >/dev/null || apt_install chromium-driver
 }
 
 ensure_playwright_packages() {

@@ -6,8 +6,9 @@
 # In order: setup (scripts/setup.sh), formatting, the Rust tests of the whole
 # workspace (the model tests run the real default model) built with clippy's lints as
 # errors, the OpenAI Python SDK against a real `oracle serve`, clippy on the CUDA
-# feature, the web app through trunk (clippy again, for wasm32), the fuzz target, the
-# setup's own model check, and the browser tests. Stops at the first failure.
+# and wgpu features, the web app through trunk (clippy again, for wasm32), the wasm tests in
+# headless Chromium (scripts/wasm-test), the fuzz target, the setup's own model check,
+# and the Playwright browser tests. Stops at the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/setup.sh
@@ -83,6 +84,10 @@ cargo_tests() {
     with_clippy cargo test --locked --workspace --all-targets --no-run
     with_clippy cargo test --locked --workspace 2>&1 | tee "$RESULTS"
 }
+# webapp/tests/in_browser.rs in headless Chromium; after trunk, so it reuses its build.
+wasm_tests() {
+    with_clippy scripts/wasm-test 2>&1 | tee -a "$RESULTS"
+}
 browser_tests() {
     (cd playwright && npx playwright test) 2>&1 | tee -a "$RESULTS"
 }
@@ -118,10 +123,11 @@ openai_sdk_test() {
 
 step "cargo test (built with clippy -D warnings)" cargo_tests
 step "OpenAI Python SDK against oracle serve" openai_sdk_test
-step "cargo clippy on the CUDA backend (runs where a GPU is)" \
-    cargo clippy --locked -p oracle --features cuda -- -D warnings
+step "cargo clippy on the CUDA and native wgpu backends (run where a GPU is)" \
+    cargo clippy --locked -p oracle --features cuda,wgpu -- -D warnings
 step "web app build (trunk, offline; clippy -D warnings on the wasm32 crates)" \
     with_clippy env TRUNK_OFFLINE=true trunk build --config trunk.toml
+step "wasm tests in headless Chromium (wasm-bindgen-test)" wasm_tests
 step "fuzz target" fuzz_smoke
 step "setup: corrupted model is fetched again" model_refetch_check
 step "browser tests (Playwright, Debian chromium)" browser_tests

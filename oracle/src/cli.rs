@@ -181,6 +181,17 @@ macro_rules! with_backend {
             BackendChoice::Cuda => {
                 anyhow::bail!("this oracle was built without CUDA: rebuild with `--features cuda`")
             }
+            #[cfg(feature = "wgpu")]
+            BackendChoice::Wgpu => {
+                type $b = shared_model::backend::WebGpu;
+                let ($device, info) = shared_model::backend::wgpu_device();
+                tracing::info!(adapter = %info.adapter, api = %info.api, "wgpu device ready");
+                $body
+            }
+            #[cfg(not(feature = "wgpu"))]
+            BackendChoice::Wgpu => {
+                anyhow::bail!("this oracle was built without wgpu: rebuild with `--features wgpu`")
+            }
         }
     };
 }

@@ -44,6 +44,9 @@ pub enum BackendChoice {
     Cpu,
     /// CUDA GPU 0 (needs a build with `--features cuda`).
     Cuda,
+    /// The first GPU wgpu finds through Vulkan or Metal (needs a build
+    /// with `--features wgpu`).
+    Wgpu,
 }
 
 /// `oracle serve`'s settings. Every flag can also be set in the `--config`
@@ -482,6 +485,7 @@ pub fn build<B: Backend>(config: &ServeConfig, device: &B::Device) -> anyhow::Re
         backend: match config.backend {
             BackendChoice::Cpu => "cpu".into(),
             BackendChoice::Cuda => "cuda".into(),
+            BackendChoice::Wgpu => "wgpu".into(),
         },
         draft: config.draft.as_ref().map(|(p, _)| p.display().to_string()),
         created: SystemTime::now()

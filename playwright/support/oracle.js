@@ -70,6 +70,24 @@ async function startOracle(args = [], { p2pAddrs = 1 } = {}) {
   };
 }
 
+/**
+ * An oracle browser scouts can reach: WebRTC-direct on every interface (a
+ * loopback-only address gathers no ICE candidates in Chromium), WebSocket on
+ * loopback as the fallback, and a 2-block cut of the default model as the
+ * scouts' draft (cheap enough for SwiftShader). `extra` adds flags.
+ */
+function startScoutOracle(extra = []) {
+  return startOracle(
+    [
+      '--p2p-listen', '/ip4/0.0.0.0/udp/0/webrtc-direct',
+      '--p2p-listen', '/ip4/127.0.0.1/tcp/0/ws',
+      '--scout-layers', '2',
+      ...extra,
+    ],
+    { p2pAddrs: 2 },
+  );
+}
+
 /** What `oracle generate` outputs for `prompt` alone (greedy): the reference. */
 function generateAlone(prompt, maxTokens) {
   const out = execFileSync(ORACLE, [
@@ -134,6 +152,7 @@ async function screenshot(page, name) {
 }
 
 module.exports = {
+  startScoutOracle,
   screenshot,
   startOracle,
   startScout,

@@ -4,7 +4,7 @@
 // Whatever the scout does, the answer equals the target's alone.
 const { test, expect } = require('@playwright/test');
 const {
-  startOracle,
+  startScoutOracle,
   startScout,
   scoutState,
   generateAlone,
@@ -18,20 +18,13 @@ let oracle;
 let reference;
 
 test.beforeAll(async () => {
-  oracle = await startOracle(
-    [
-      '--p2p-listen', '/ip4/0.0.0.0/udp/0/webrtc-direct',
-      '--p2p-listen', '/ip4/127.0.0.1/tcp/0/ws',
-      // A 2-block cut of the default model: cheap enough for SwiftShader.
-      '--scout-layers', '2',
-      // SwiftShader drafts a token in seconds; the oracle waits for it.
-      '--draft-deadline-ms', '30000',
-      // Golden tickets judge honesty with the draft's own quality; a 2-block
-      // draft is honest but weak, and these tests are not about tickets.
-      '--golden-interval-s', '86400',
-    ],
-    { p2pAddrs: 2 },
-  );
+  oracle = await startScoutOracle([
+    // SwiftShader drafts a token in seconds; the oracle waits for it.
+    '--draft-deadline-ms', '30000',
+    // Golden tickets judge honesty with the draft's own quality; a 2-block
+    // draft is honest but weak, and these tests are not about tickets.
+    '--golden-interval-s', '86400',
+  ]);
   reference = generateAlone(PROMPT, MAX_TOKENS);
 });
 

@@ -3,23 +3,23 @@
 // see who is there on the network page. Every page and state is saved as a
 // screenshot at desktop and phone width.
 const { test, expect } = require('@playwright/test');
-const { startOracle, generateAlone, screenshot, watchConsole } = require('../support/oracle');
+const {
+  startOracle,
+  startScoutOracle,
+  generateAlone,
+  screenshot,
+  watchConsole,
+} = require('../support/oracle');
 
 let oracle;
 
 test.beforeAll(async () => {
-  oracle = await startOracle(
-    [
-      '--p2p-listen', '/ip4/0.0.0.0/udp/0/webrtc-direct',
-      '--p2p-listen', '/ip4/127.0.0.1/tcp/0/ws',
-      '--scout-layers', '2',
-      // One session at a time and one waiting, so the queue can be filled.
-      '--max-sessions', '1',
-      '--max-queue', '1',
-      '--golden-interval-s', '86400',
-    ],
-    { p2pAddrs: 2 },
-  );
+  oracle = await startScoutOracle([
+    // One session at a time and one waiting, so the queue can be filled.
+    '--max-sessions', '1',
+    '--max-queue', '1',
+    '--golden-interval-s', '86400',
+  ]);
 });
 
 test.afterAll(async () => {
@@ -184,11 +184,12 @@ test('a full queue is a clear message in the console', async ({ page }) => {
   }
 });
 
-test('the network page shows the oracle, its scouts, and charts of its counters', async ({ browser }) => {
+test('the network page shows the oracle, its scouts, other oracles, and charts of its counters', async ({ browser }) => {
   test.setTimeout(180_000);
   const scoutPage = await browser.newPage();
   const page = await browser.newPage();
   const errors = watchConsole(page);
+  let second;
   try {
     const scoutId = await contribute(scoutPage);
     await page.goto(oracle.origin);
@@ -200,6 +201,14 @@ test('the network page shows the oracle, its scouts, and charts of its counters'
     const row = page.locator('[data-testid=peers] tr[data-role=scout]', { hasText: scoutId });
     await expect(row).toHaveCount(1, { timeout: 30_000 });
     await expect(page.getByTestId('peer-counts')).toContainText(/[1-9]\d* scouts?/);
+    await expect(page.getByTestId('network-empty')).toBeVisible();
+    // A second oracle joins through this one; what it reports on shard-topology
+    // (itself) shows under "Elsewhere in the network".
+    const ws = status.p2p.listen_addrs.find((a) => a.includes('/ws/'));
+    second = await startOracle(['--p2p-listen', '/ip4/127.0.0.1/tcp/0', '--bootstrap', ws]);
+    const secondId = (await (await fetch(`${second.origin}/api/status`)).json()).p2p.peer_id;
+    const reported = page.locator('[data-testid=topology] tr[data-role=oracle]', { hasText: secondId });
+    await expect(reported).toHaveCount(1, { timeout: 30_000 });
     // Work shows up in the charts: tokens per second rise above zero.
     await fetch(`${oracle.origin}/v1/completions`, {
       method: 'POST',
@@ -221,6 +230,7 @@ test('the network page shows the oracle, its scouts, and charts of its counters'
     await expect(scoutPage.getByTestId('scout-badge')).toBeVisible();
     await screenshot(scoutPage, 'contribute-drafting');
   } finally {
+    await second?.stop();
     await scoutPage.close();
     await page.close();
   }

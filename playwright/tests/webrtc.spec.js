@@ -2,19 +2,12 @@
 // real `oracle serve`: WebRTC-direct from headless Chromium, the WebSocket
 // fallback, and the Shard handshake accepted in both.
 const { test, expect } = require('@playwright/test');
-const { startOracle, startScout, scoutState, watchConsole } = require('../support/oracle');
+const { startScoutOracle, startScout, scoutState, watchConsole } = require('../support/oracle');
 
 let oracle;
 
 test.beforeAll(async () => {
-  oracle = await startOracle(
-    [
-      '--p2p-listen', '/ip4/0.0.0.0/udp/0/webrtc-direct',
-      '--p2p-listen', '/ip4/127.0.0.1/tcp/0/ws',
-      '--scout-layers', '2',
-    ],
-    { p2pAddrs: 2 },
-  );
+  oracle = await startScoutOracle();
 });
 
 test.afterAll(async () => {

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `cpu` (default) | [`Cpu`] = burn's `Flex` | native CPU, threads + SIMD |
 //! | `cuda` | [`Cuda`] | NVIDIA GPUs (CUDA loaded at run time) |
-//! | `webgpu` | [`WebGpu`] | browsers (wasm32) and native GPUs via wgpu |
+//! | `webgpu` | [`WebGpu`] | browsers (wasm32) and native GPUs via wgpu (Vulkan, Metal) |
 //!
 //! Numerics: every backend computes in f32 (weights are dequantised from GGUF
 //! once, at load). On WebGPU the device must be initialised asynchronously
@@ -51,16 +51,20 @@ pub struct WebGpuInfo {
     pub max_storage_buffer_binding_size: u64,
 }
 
+/// The graphics API under wgpu: the browser's WebGPU in a tab; natively,
+/// whichever of Vulkan or Metal the machine has.
+#[cfg(all(feature = "webgpu", target_arch = "wasm32"))]
+type GraphicsApi = burn::backend::wgpu::graphics::WebGpu;
+#[cfg(all(feature = "webgpu", not(target_arch = "wasm32")))]
+type GraphicsApi = burn::backend::wgpu::graphics::AutoGraphicsApi;
+
 /// Sets up the default WebGPU device. Must complete before any tensor is made
 /// on it; in a browser the synchronous setup would panic.
 #[cfg(feature = "webgpu")]
 pub async fn init_webgpu() -> (burn::backend::wgpu::WgpuDevice, WebGpuInfo) {
     let device = burn::backend::wgpu::WgpuDevice::default();
-    let setup = burn::backend::wgpu::init_setup_async::<burn::backend::wgpu::graphics::WebGpu>(
-        &device,
-        Default::default(),
-    )
-    .await;
+    let setup =
+        burn::backend::wgpu::init_setup_async::<GraphicsApi>(&device, Default::default()).await;
     let info = setup.adapter.get_info();
     let adapter = if info.name.is_empty() {
         info.vendor.to_string()
@@ -76,4 +80,10 @@ pub async fn init_webgpu() -> (burn::backend::wgpu::WgpuDevice, WebGpuInfo) {
         max_storage_buffer_binding_size: setup.adapter.limits().max_storage_buffer_binding_size,
     };
     (device, info)
+}
+
+/// Sets up the default wgpu device natively (a GPU through Vulkan or Metal, or a software Vulkan such as Mesa's lavapipe), blocking until ready.
+#[cfg(all(feature = "webgpu", not(target_arch = "wasm32")))]
+pub fn wgpu_device() -> (burn::backend::wgpu::WgpuDevice, WebGpuInfo) {
+    futures::executor::block_on(init_webgpu())
 }

@@ -880,3 +880,63 @@ fn contributors_wait_ahead_of_leeches_and_leeches_ask_over_p2p() {
 fn pb_node_type_scout() -> shared_proto::pb::NodeType {
     shared_proto::pb::NodeType::Scout
 }
+
+/// Oracles tell each other who they have on `shard-topology`: an oracle that
+/// joined through another lists the other's scout (and the other oracle) in
+/// `/api/peers`' `network`, without a connection to the scout, and forgets it
+/// when the scout leaves.
+#[test]
+fn oracles_learn_each_others_scouts_from_the_topology_topic() {
+    let _serial = one_at_a_time();
+    let dir = temp_dir("topology");
+    let (_first, _first_http, first_p2p) = start_oracle(&dir.join("first"), &[]);
+    let first_tcp = first_p2p.iter().find(|a| a.contains("/tcp/")).unwrap();
+    let (_second, second_http, _) = start_oracle(&dir.join("second"), &["--bootstrap", first_tcp]);
+    let scout = start_scout(first_tcp, &dir.join("scout"), &[]);
+    let first_id = peer_id_in(&dir.join("first"));
+    wait_for("the scout's key", Duration::from_secs(60), || {
+        dir.join("scout/node.key").exists()
+    });
+    let scout_id = peer_id_in(&dir.join("scout"));
+
+    let seen = |role: &str, id: &str| {
+        let peers = json_of(&second_http, "/api/peers");
+        peers["network"].as_array().unwrap().iter().any(|n| {
+            n["role"] == role
+                && n["peer_id"] == id
+                && n["reported_by"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r == first_id.as_str())
+        })
+    };
+    wait_for(
+        "the second oracle to learn the first's scout",
+        Duration::from_secs(60),
+        || seen("scout", &scout_id),
+    );
+    assert!(
+        seen("oracle", &first_id),
+        "{}",
+        json_of(&second_http, "/api/peers")
+    );
+    // The scout is not connected to the second oracle: it knows it only by report.
+    let direct = json_of(&second_http, "/api/peers");
+    assert!(
+        !direct["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["peer_id"] == scout_id.as_str()),
+        "{direct}"
+    );
+
+    drop(scout);
+    wait_for(
+        "the second oracle to hear that the scout left",
+        Duration::from_secs(60),
+        || !seen("scout", &scout_id),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -102,3 +102,12 @@ pub(crate) fn Sparkline(
         </figure>
     }
 }
+
+/// `part` as a whole percentage of `whole`, or "—" when `whole` is 0.
+pub(crate) fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        "—".to_owned()
+    } else {
+        format!("{:.0}%", 100.0 * part as f64 / whole as f64)
+    }
+}

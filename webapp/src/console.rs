@@ -417,17 +417,7 @@ fn apply(answer: &mut Turn, update: ChunkUpdate) {
 
 /// The request body to continue `prompt` as it is.
 fn completion_request(prompt: &str, settings: Settings) -> Value {
-    let mut body = json!({
-        "prompt": prompt,
-        "max_tokens": settings.max_tokens,
-        "temperature": settings.temperature,
-        "stream": true,
-        "stream_options": {"include_usage": true},
-    });
-    if let Some(seed) = settings.seed {
-        body["seed"] = json!(seed);
-    }
-    body
+    streamed_request(json!({ "prompt": prompt }), settings)
 }
 
 /// The request body for the chat so far (the last turn is the prompt).
@@ -442,13 +432,15 @@ fn chat_request(turns: &[Turn], settings: Settings) -> Value {
             json!({"role": role, "content": t.text()})
         })
         .collect();
-    let mut body = json!({
-        "messages": messages,
-        "max_tokens": settings.max_tokens,
-        "temperature": settings.temperature,
-        "stream": true,
-        "stream_options": {"include_usage": true},
-    });
+    streamed_request(json!({ "messages": messages }), settings)
+}
+
+/// `body` with the settings and streaming (usage in the last chunk) added.
+fn streamed_request(mut body: Value, settings: Settings) -> Value {
+    body["max_tokens"] = json!(settings.max_tokens);
+    body["temperature"] = json!(settings.temperature);
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
     if let Some(seed) = settings.seed {
         body["seed"] = json!(seed);
     }

@@ -11,7 +11,7 @@ use scout_wasm::bridge::{BackendChoice, BackendKind, ModelSource};
 use scout_wasm::browser::node::{self, NodeOptions, NodeState, Phase, ScoutNode};
 
 use crate::api;
-use crate::chart::{Series, Sparkline};
+use crate::chart::{Series, Sparkline, percent};
 
 /// How often the page copies the scout's state.
 const POLL: Duration = Duration::from_millis(250);
@@ -253,14 +253,7 @@ fn ScoutStatus(state: NodeState) -> impl IntoView {
         }
     );
     let stats = &state.stats;
-    let acceptance = if stats.drafted == 0 {
-        "—".to_owned()
-    } else {
-        format!(
-            "{:.0}%",
-            100.0 * stats.accepted as f64 / stats.drafted as f64
-        )
-    };
+    let acceptance = percent(stats.accepted, stats.drafted);
     let connection = match (&state.transport, &state.address) {
         (Some(transport), Some(address)) => format!("{transport} — {address}"),
         _ => "not connected".to_owned(),

@@ -1,6 +1,7 @@
 //! *Network*: the oracle this page came from, the peers it is connected to
-//! (oracles, scouts and leeches, by the role their handshake gave), and its
-//! counters as small charts over the last minutes.
+//! (oracles, scouts and leeches, by the role their handshake gave), the nodes
+//! other oracles report on `shard-topology`, and the oracle's counters as
+//! small charts over the last minutes.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use leptos::prelude::*;
 use serde::Deserialize;
 
 use crate::api;
-use crate::chart::{Series, Sparkline};
+use crate::chart::{Series, Sparkline, percent};
 
 /// How often the page asks the oracle.
 const POLL: Duration = Duration::from_secs(2);
@@ -54,6 +55,18 @@ struct P2p {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 struct Peers {
     peers: Vec<Peer>,
+    /// Older oracles leave this out.
+    #[serde(default)]
+    network: Vec<NetworkNode>,
+}
+
+/// A node another oracle reported on `shard-topology`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+struct NetworkNode {
+    peer_id: String,
+    role: String,
+    reported_by: Vec<String>,
+    seen_s_ago: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -94,6 +107,7 @@ fn rates(before: &Status, after: &Status) -> Option<Sample> {
 pub(crate) fn Network() -> impl IntoView {
     let status = RwSignal::new(None::<Status>);
     let peers = RwSignal::new(Vec::<Peer>::new());
+    let network = RwSignal::new(Vec::<NetworkNode>::new());
     let history = RwSignal::new(Vec::<Sample>::new());
     let error = RwSignal::new(None::<String>);
 
@@ -117,7 +131,10 @@ pub(crate) fn Network() -> impl IntoView {
                 Err(e) => error.set(Some(e)),
             }
             match api::get_json::<Peers>("/api/peers").await {
-                Ok(p) => peers.set(p.peers),
+                Ok(p) => {
+                    peers.set(p.peers);
+                    network.set(p.network);
+                }
                 Err(e) => error.set(Some(e)),
             }
         });
@@ -151,37 +168,47 @@ pub(crate) fn Network() -> impl IntoView {
                     count("unknown"),
                 )}
             </p>
-            <div class="table-wrap">
-                <table class="peers" data-testid="peers">
-                    <thead>
-                        <tr>
-                            <th scope="col">"Role"</th>
-                            <th scope="col">"Peer"</th>
-                            <th scope="col">"Address"</th>
-                            <th scope="col">"Software"</th>
-                        </tr>
-                    </thead>
-                    <tbody>
-                        {move || {
-                            peers
-                                .get()
-                                .into_iter()
-                                .map(|p| {
-                                    let role = p.role.clone();
-                                    view! {
-                                        <tr data-role=role>
-                                            <td>{p.role}</td>
-                                            <td class="mono">{p.peer_id}</td>
-                                            <td class="mono">{p.address}</td>
-                                            <td>{p.agent.unwrap_or_default()}</td>
-                                        </tr>
-                                    }
-                                })
-                                .collect_view()
-                        }}
-                    </tbody>
-                </table>
-            </div>
+            {move || {
+                let rows = peers
+                    .get()
+                    .into_iter()
+                    .map(|p| [p.role, p.peer_id, p.address, p.agent.unwrap_or_default()])
+                    .collect();
+                view! {
+                    <PeerTable testid="peers" headers=["Role", "Peer", "Address", "Software"] rows />
+                }
+            }}
+            <h2>"Elsewhere in the network"</h2>
+            <p class="hint">
+                "What other oracles report on the shard-topology topic: their own peers, "
+                "which need not be connected to this oracle."
+            </p>
+            {move || {
+                let nodes = network.get();
+                if nodes.is_empty() {
+                    view! {
+                        <p class="counts" data-testid="network-empty">
+                            "No other oracle has reported yet."
+                        </p>
+                    }
+                    .into_any()
+                } else {
+                    let rows = nodes
+                        .into_iter()
+                        .map(|n| {
+                            [n.role, n.peer_id, n.reported_by.join("\n"), format!("{} s ago", n.seen_s_ago)]
+                        })
+                        .collect();
+                    view! {
+                        <PeerTable
+                            testid="topology"
+                            headers=["Role", "Peer", "Reported by", "Last report"]
+                            rows
+                        />
+                    }
+                    .into_any()
+                }
+            }}
             <h2>"Activity"</h2>
             <div class="charts">
                 <Sparkline
@@ -216,14 +243,7 @@ pub(crate) fn Network() -> impl IntoView {
 
 #[component]
 fn OracleFacts(status: Status) -> impl IntoView {
-    let acceptance = if status.draft_tokens_proposed == 0 {
-        "—".to_owned()
-    } else {
-        format!(
-            "{:.0}%",
-            100.0 * status.draft_tokens_accepted as f64 / status.draft_tokens_proposed as f64
-        )
-    };
+    let acceptance = percent(status.draft_tokens_accepted, status.draft_tokens_proposed);
     let s = &status.sessions;
     view! {
         <dl class="facts" data-testid="oracle-facts">
@@ -250,5 +270,45 @@ fn OracleFacts(status: Status) -> impl IntoView {
             <dt>"Version"</dt>
             <dd>{format!("{} — up {:.0} s", status.version, status.uptime_s)}</dd>
         </dl>
+    }
+}
+
+/// Peers, one row each: a role (also the row's `data-role`, for tests), a
+/// peer id and an address-like column in monospace, and a note.
+#[component]
+fn PeerTable(
+    testid: &'static str,
+    headers: [&'static str; 4],
+    rows: Vec<[String; 4]>,
+) -> impl IntoView {
+    view! {
+        <div class="table-wrap">
+            <table class="peers" data-testid=testid>
+                <thead>
+                    <tr>
+                        {headers
+                            .into_iter()
+                            .map(|h| view! { <th scope="col">{h}</th> })
+                            .collect_view()}
+                    </tr>
+                </thead>
+                <tbody>
+                    {rows
+                        .into_iter()
+                        .map(|[role, peer, address, note]| {
+                            let data_role = role.clone();
+                            view! {
+                                <tr data-role=data_role>
+                                    <td>{role}</td>
+                                    <td class="mono">{peer}</td>
+                                    <td class="mono">{address}</td>
+                                    <td>{note}</td>
+                                </tr>
+                            }
+                        })
+                        .collect_view()}
+                </tbody>
+            </table>
+        </div>
     }
 }

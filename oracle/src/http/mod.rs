@@ -325,12 +325,12 @@ async fn scout_record(
 }
 
 async fn peers(State(state): State<Arc<AppState>>) -> Response {
-    let peers = state
+    let (peers, network) = state
         .network
         .read()
-        .map(|n| n.peers.clone())
+        .map(|n| (n.peers.clone(), n.network.clone()))
         .unwrap_or_default();
-    axum::Json(json!({ "peers": peers })).into_response()
+    axum::Json(json!({ "peers": peers, "network": network })).into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

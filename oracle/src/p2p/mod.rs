@@ -16,7 +16,9 @@ pub mod identity;
 mod leech;
 mod node;
 pub mod results;
+mod topology;
 mod webrtc;
 
 pub use behaviour::{KAD_PROTOCOL, OracleBehaviour};
 pub use node::{NetConfig, NetError, NetStatus, NetView, PeerView, start};
+pub use topology::NetworkNode;

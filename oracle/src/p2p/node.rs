@@ -27,6 +27,7 @@ use super::behaviour::{OracleBehaviour, OracleBehaviourEvent};
 use super::golden::{GoldenRun, Step, Ticket, TicketBook};
 use super::identity::{self, IdentityError};
 use super::results;
+use super::topology::{NetworkNode, TopologyBook, role_name};
 use super::webrtc::{self, BrowserGate};
 use crate::engine::{ClaimGrant, EngineHandle, ToNetwork};
 use crate::metrics::Metrics;
@@ -69,6 +70,13 @@ pub struct NetConfig {
     pub max_context: usize,
 }
 
+/// How long after a peer joins or leaves the next topology report goes out.
+const TOPOLOGY_SETTLE: Duration = Duration::from_secs(2);
+/// Topology reports are at least this far apart.
+const TOPOLOGY_MIN_GAP: Duration = Duration::from_secs(10);
+/// How often the snapshot's topology (report ages) is refreshed when quiet.
+const TOPOLOGY_VIEW_REFRESH: Duration = Duration::from_secs(5);
+
 /// A peer as `/api/peers` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct PeerView {
@@ -92,6 +100,8 @@ pub struct NetStatus {
     pub listen_addrs: Vec<String>,
     /// Connected peers.
     pub peers: Vec<PeerView>,
+    /// The nodes other oracles report on `shard-topology` (this one left out).
+    pub network: Vec<NetworkNode>,
 }
 
 /// A shared, read-mostly snapshot of the node.
@@ -189,6 +199,10 @@ pub fn start(
         bootstrap_backoff: backoff,
         next_bootstrap: Some(Instant::now()),
         next_topology: Instant::now() + Duration::from_secs(2),
+        last_topology: Instant::now(),
+        topology: TopologyBook::default(),
+        topology_dirty: false,
+        next_topology_view: Instant::now(),
         claims_done: mpsc::channel(256),
         tickets: TicketBook::new(64),
         golden_work: HashMap::new(),
@@ -304,6 +318,13 @@ struct Node {
     bootstrap_backoff: Backoff,
     next_bootstrap: Option<Instant>,
     next_topology: Instant,
+    /// When our last topology report went out.
+    last_topology: Instant,
+    /// What other oracles report on `shard-topology`.
+    topology: TopologyBook,
+    /// A report came in since the snapshot was last made.
+    topology_dirty: bool,
+    next_topology_view: Instant,
     claims_done: (mpsc::Sender<ClaimDone>, mpsc::Receiver<ClaimDone>),
     /// Leeches' completions.
     completions: Completions,
@@ -383,7 +404,16 @@ impl Node {
         }
         if now >= self.next_topology {
             self.next_topology = now + self.config.timeouts.topology_interval;
+            self.last_topology = now;
             self.publish_topology();
+        }
+        // The snapshot's report ages go stale too: refresh it now and then.
+        let expired = self.topology.expire(now_ms());
+        let ages_due = !self.topology.is_empty() && now >= self.next_topology_view;
+        if self.topology_dirty || expired || ages_due {
+            self.topology_dirty = false;
+            self.next_topology_view = now + TOPOLOGY_VIEW_REFRESH;
+            self.update_view();
         }
         self.golden_work.retain(|_, (_, expires, _)| *expires > now);
         if now >= self.next_golden {
@@ -524,6 +554,19 @@ impl Node {
         peer_ok && ip_ok
     }
 
+    /// A scout or an oracle joined or left: tell the network within a few
+    /// seconds instead of at the next periodic report. Changes close together
+    /// share one report, and reports stay [`TOPOLOGY_MIN_GAP`] apart however
+    /// busy the door is.
+    fn topology_changed(&mut self, role: Option<pb::NodeType>) {
+        if !matches!(role, Some(pb::NodeType::Scout | pb::NodeType::Oracle)) {
+            return;
+        }
+        let now = Instant::now();
+        let soon = (now + TOPOLOGY_SETTLE).max(self.last_topology + TOPOLOGY_MIN_GAP);
+        self.next_topology = self.next_topology.min(soon);
+    }
+
     fn publish_topology(&mut self) {
         let me = pb::NodeInfo {
             peer_id: self.peer_id.to_bytes(),
@@ -598,17 +641,13 @@ impl Node {
                 .iter()
                 .map(|(id, p)| PeerView {
                     peer_id: id.to_string(),
-                    role: match p.role {
-                        Some(pb::NodeType::Oracle) => "oracle",
-                        Some(pb::NodeType::Scout) => "scout",
-                        Some(pb::NodeType::Leech) => "leech",
-                        _ => "unknown",
-                    },
+                    role: p.role.map_or("unknown", |r| role_name(r as i32)),
                     address: p.address.to_string(),
                     agent: p.agent.clone(),
                 })
                 .collect();
             v.peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+            v.network = self.topology.nodes(now_ms(), &self.peer_id);
         }
     }
 
@@ -770,10 +809,11 @@ impl Node {
                 self.ping.closed(connection_id);
                 if num_established == 0 {
                     self.refused.remove(&peer_id);
-                    if let Some(peer) = self.peers.remove(&peer_id)
-                        && peer.role == Some(pb::NodeType::Scout)
-                    {
-                        self.engine.scout_gone(peer_id);
+                    if let Some(peer) = self.peers.remove(&peer_id) {
+                        if peer.role == Some(pb::NodeType::Scout) {
+                            self.engine.scout_gone(peer_id);
+                        }
+                        self.topology_changed(peer.role);
                     }
                     self.update_view();
                 }
@@ -1013,6 +1053,9 @@ impl Node {
                 tracing::info!(%peer, "scout joined");
                 self.engine.scout_joined(peer);
             }
+            if first {
+                self.topology_changed(Some(role));
+            }
         }
         self.update_view();
     }
@@ -1245,7 +1288,12 @@ impl Node {
             };
             let issued = u64::from(topology.timestamp) * 1000;
             match check_fresh(issued, 120, now, skew) {
-                Ok(_) => MessageAcceptance::Accept,
+                Ok(_) => {
+                    if self.topology.record(source, &topology, now) {
+                        self.topology_dirty = true;
+                    }
+                    MessageAcceptance::Accept
+                }
                 Err(_) => MessageAcceptance::Ignore,
             }
         } else if topic == WORK_RESULT_TOPIC {
