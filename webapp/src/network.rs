@@ -274,7 +274,8 @@ fn OracleFacts(status: Status) -> impl IntoView {
 }
 
 /// Peers, one row each: a role (also the row's `data-role`, for tests), a
-/// peer id and an address-like column in monospace, and a note.
+/// peer id and an address-like column in monospace, and a note. Each cell
+/// carries its column's name for the stacked layout at phone width.
 #[component]
 fn PeerTable(
     testid: &'static str,
@@ -299,10 +300,10 @@ fn PeerTable(
                             let data_role = role.clone();
                             view! {
                                 <tr data-role=data_role>
-                                    <td>{role}</td>
-                                    <td class="mono">{peer}</td>
-                                    <td class="mono">{address}</td>
-                                    <td>{note}</td>
+                                    <td data-label={headers[0]}>{role}</td>
+                                    <td class="mono" data-label={headers[1]}>{peer}</td>
+                                    <td class="mono" data-label={headers[2]}>{address}</td>
+                                    <td data-label={headers[3]}>{note}</td>
                                 </tr>
                             }
                         })
