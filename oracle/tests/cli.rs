@@ -394,6 +394,21 @@ fn asking_for_a_backend_that_was_not_built_in_is_a_clear_error() {
         assert_eq!(out.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&out.stderr).contains("--features cuda"));
     }
+    if !cfg!(feature = "wgpu") {
+        let out = oracle(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "x",
+            "--max-tokens",
+            "1",
+            "--backend",
+            "wgpu",
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--features wgpu"));
+    }
 }
 
 #[test]
