@@ -73,15 +73,17 @@ async function startOracle(args = [], { p2pAddrs = 1 } = {}) {
 /**
  * An oracle browser scouts can reach: WebRTC-direct on every interface (a
  * loopback-only address gathers no ICE candidates in Chromium), WebSocket on
- * loopback as the fallback, and a 2-block cut of the default model as the
- * scouts' draft (cheap enough for SwiftShader). `extra` adds flags.
+ * loopback as the fallback, and by default a 2-block cut of the default model
+ * as the scouts' draft (cheap enough for SwiftShader); `scoutLayers: null`
+ * offers the whole model, as `oracle serve` does unless told otherwise.
+ * `extra` adds flags.
  */
-function startScoutOracle(extra = []) {
+function startScoutOracle(extra = [], { scoutLayers = 2 } = {}) {
   return startOracle(
     [
       '--p2p-listen', '/ip4/0.0.0.0/udp/0/webrtc-direct',
       '--p2p-listen', '/ip4/127.0.0.1/tcp/0/ws',
-      '--scout-layers', '2',
+      ...(scoutLayers === null ? [] : ['--scout-layers', String(scoutLayers)]),
       ...extra,
     ],
     { p2pAddrs: 2 },

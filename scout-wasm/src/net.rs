@@ -91,6 +91,12 @@ where
 {
     let timeout = if protocol == shared_proto::protocol::COMPLETE_PROTOCOL {
         timeouts.completion
+    } else if protocol == shared_proto::protocol::VERIFY_PROTOCOL {
+        // A draft round may take as long as its deadline (up to a minute for
+        // a slow scout, e.g. WebGPU on a software adapter); the oracle's
+        // scheduler enforces the deadline itself, so the stream must not
+        // give up first.
+        timeouts.request + Duration::from_millis(shared_proto::limits::MAX_DEADLINE_MS.into())
     } else {
         timeouts.request
     };
