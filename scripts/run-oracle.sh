@@ -2,6 +2,7 @@
 # Starts the oracle with the web app on the default model, installing what is missing.
 #
 #   scripts/run-oracle.sh                  serve the default model
+#   scripts/run-oracle.sh --FLAG ...       serve the default model with these flags of `oracle serve`
 #   scripts/run-oracle.sh ARGS...          run the oracle with these arguments instead
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ if [ ! -f webapp/dist/index.html ] || [ -n "$(find webapp scout-wasm shared-mode
     say "building the web app (trunk, release wasm; minutes the first time)"
     TRUNK_OFFLINE=true trunk build --config trunk.toml
 fi
-if [ "$#" -eq 0 ]; then
-    set -- serve --model "$SHARD_MODELS_DIR/$DEFAULT_MODEL"
+if [ "$#" -eq 0 ] || [[ "$1" == --* ]]; then
+    set -- serve --model "$SHARD_MODELS_DIR/$DEFAULT_MODEL" "$@"
 fi
 exec "${CARGO_TARGET_DIR:-target}/release/oracle" "$@"

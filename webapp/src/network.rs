@@ -161,11 +161,12 @@ pub(crate) fn Network() -> impl IntoView {
             <h2>"Peers of this oracle"</h2>
             <p class="counts" data-testid="peer-counts">
                 {move || format!(
-                    "{} oracles, {} scouts, {} leeches, {} still introducing themselves",
-                    count("oracle"),
-                    count("scout"),
-                    count("leech"),
+                    "{}, {}, {}, {} still introducing {}",
+                    counted(count("oracle"), "oracle", "oracles"),
+                    counted(count("scout"), "scout", "scouts"),
+                    counted(count("leech"), "leech", "leeches"),
                     count("unknown"),
+                    if count("unknown") == 1 { "itself" } else { "themselves" },
                 )}
             </p>
             {move || {
@@ -312,4 +313,9 @@ fn PeerTable(
             </table>
         </div>
     }
+}
+
+/// `n` and the noun in the number `n` calls for ("1 scout", "2 scouts").
+fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
