@@ -63,6 +63,10 @@ pub struct ServeArgs {
     /// Where the node keeps its state [default: $XDG_DATA_HOME/shard or ~/.local/share/shard].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Use only the first N blocks of the target [default: all]. For tests and
+    /// demos on slow devices: answers are then this cut's, not the model's.
+    #[arg(long)]
+    pub layers: Option<usize>,
     /// A draft model with the target's vocabulary: speculative decoding on this machine.
     #[arg(long)]
     pub draft_model: Option<PathBuf>,
@@ -154,6 +158,8 @@ pub struct ServeConfig {
     pub http: SocketAddr,
     /// State directory.
     pub data_dir: PathBuf,
+    /// Blocks of the target to use (all when unset).
+    pub layers: Option<usize>,
     /// The draft model and the layers of it to use.
     pub draft: Option<(PathBuf, Option<usize>)>,
     /// Initial drafts per round.
@@ -301,6 +307,10 @@ impl ServeArgs {
                 .data_dir
                 .or(file.data_dir)
                 .unwrap_or_else(default_data_dir),
+            layers: match a.layers.or(file.layers) {
+                Some(0) => anyhow::bail!("--layers must be at least 1"),
+                layers => layers,
+            },
             draft: draft_path.map(|p| (p, draft_layers)),
             draft_k: a.draft_k.or(file.draft_k).unwrap_or(4),
             backend: a.backend.or(file.backend).unwrap_or(BackendChoice::Cpu),
@@ -436,7 +446,7 @@ pub fn build<B: Backend>(config: &ServeConfig, device: &B::Device) -> anyhow::Re
         .map(str::to_owned)
         .filter(|n| !n.trim().is_empty())
         .unwrap_or_else(|| file_stem(&config.model));
-    let target = Llama::<B>::load(&mut gguf, device, None)
+    let target = Llama::<B>::load(&mut gguf, device, config.layers)
         .with_context(|| format!("cannot load the model in {}", config.model.display()))?;
     let draft = match &config.draft {
         None => None,
@@ -482,6 +492,7 @@ pub fn build<B: Backend>(config: &ServeConfig, device: &B::Device) -> anyhow::Re
         path: config.model.display().to_string(),
         max_context,
         vocab_size: tokenizer.vocab_size(),
+        layers: target.config().n_layer,
         backend: match config.backend {
             BackendChoice::Cpu => "cpu".into(),
             BackendChoice::Cuda => "cuda".into(),

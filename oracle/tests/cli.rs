@@ -339,6 +339,7 @@ fn serve_refuses_bad_configuration_clearly() {
         (vec!["--p2p-listen", "nonsense"], "is not a multiaddr"),
         (vec!["--golden-interval-s", "0"], "--golden-interval-s"),
         (vec!["--scout-layers", "0"], "--scout-layers"),
+        (vec!["--layers", "0"], "--layers must be at least 1"),
         (
             vec![
                 "--p2p-listen",

@@ -600,6 +600,7 @@ async fn models_status_and_metrics_describe_the_server() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(v["model"]["id"], json!(id));
     assert_eq!(v["model"]["backend"], "cpu");
+    assert!(v["model"]["layers"].as_u64().unwrap() >= 1);
     assert!(v["sessions"]["max_sessions"].as_u64().unwrap() >= 1);
     let (status, _, body) = send(app, get("/metrics")).await;
     assert_eq!(status, StatusCode::OK);

@@ -42,6 +42,8 @@ pub struct ModelInfo {
     pub max_context: usize,
     /// Tokens in the vocabulary.
     pub vocab_size: usize,
+    /// Blocks the target runs (fewer than the file has with `--layers`).
+    pub layers: usize,
     /// Where the model runs (`cpu` or `cuda`).
     pub backend: String,
     /// The local draft model, if any.
@@ -274,6 +276,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
             "path": i.path,
             "max_context": i.max_context,
             "vocab_size": i.vocab_size,
+            "layers": i.layers,
             "backend": i.backend,
             "draft": i.draft,
         },
