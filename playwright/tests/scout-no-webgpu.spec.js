@@ -1,7 +1,7 @@
 // A browser without WebGPU: the same Chromium without the flags that give it a
 // WebGPU adapter. The scout's worker falls back to the CPU and still drafts.
 const { test, expect } = require('@playwright/test');
-const { startOracle, startScout, scoutState, generateAlone, watchConsole } = require('../support/oracle');
+const { startOracle, startScout, scoutState, generateAlone, screenshot, watchConsole } = require('../support/oracle');
 
 test.use({
   launchOptions: {
@@ -45,6 +45,13 @@ test('a scout tab without WebGPU falls back to the CPU and still drafts', async 
     expect((await response.json()).choices[0].text).toBe(generateAlone(PROMPT, MAX_TOKENS).text);
     expect((await scoutState(page)).stats.drafted).toBeGreaterThan(0);
     expect((await status()).draft_tokens_proposed).toBeGreaterThan(0);
+    // The same as a person sees it: Contribute says why the tab uses the CPU.
+    await page.evaluate(() => window.node.stop());
+    await page.goto(oracle.origin);
+    await page.getByTestId('contribute').click();
+    await expect(page.getByTestId('state')).toHaveText(/Ready|Drafting/, { timeout: 120_000 });
+    await expect(page.getByTestId('backend')).toContainText(state.model.fallback_reason);
+    await screenshot(page, 'contribute-no-webgpu');
     expect(errors).toEqual([]);
   } finally {
     await oracle.stop();
