@@ -377,26 +377,8 @@ fn asking_for_a_backend_that_was_not_built_in_is_a_clear_error() {
         "tpu",
     ]);
     assert_eq!(out.status.code(), Some(2));
-    let out = oracle(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt",
-        "x",
-        "--max-tokens",
-        "1",
-        "--backend",
-        "cuda",
-    ]);
-    if cfg!(feature = "cuda") {
-        // Built in: it runs where a GPU is, and says why not where none is.
-        assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
-    } else {
-        assert_eq!(out.status.code(), Some(1));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("--features cuda"));
-    }
-    if !cfg!(feature = "wgpu") {
-        let out = oracle(&[
+    let generate_on = |backend: &str| {
+        oracle(&[
             "generate",
             "--model",
             model.to_str().unwrap(),
@@ -405,8 +387,19 @@ fn asking_for_a_backend_that_was_not_built_in_is_a_clear_error() {
             "--max-tokens",
             "1",
             "--backend",
-            "wgpu",
-        ]);
+            backend,
+        ])
+    };
+    let out = generate_on("cuda");
+    if cfg!(feature = "cuda") {
+        // Built in: it runs where a GPU is, and says why not where none is.
+        assert!(matches!(out.status.code(), Some(0 | 1)), "{out:?}");
+    } else {
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--features cuda"));
+    }
+    if !cfg!(feature = "wgpu") {
+        let out = generate_on("wgpu");
         assert_eq!(out.status.code(), Some(1), "{out:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("--features wgpu"));
     }
