@@ -7,8 +7,9 @@
 # workspace (the model tests run the real default model) built with clippy's lints as
 # errors, the OpenAI Python SDK against a real `oracle serve`, clippy on the CUDA
 # and wgpu features, the web app through trunk (clippy again, for wasm32), the wasm tests in
-# headless Chromium (scripts/wasm-test), the fuzz target, the setup's own model check,
-# and the Playwright browser tests. Stops at the first failure.
+# headless Chromium (scripts/wasm-test), the setup's own model check, and the
+# Playwright browser tests. Stops at the first failure. (The fuzz target is one of the
+# workspace's tests: shared-proto/fuzz/tests/smoke.rs.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/setup.sh
@@ -49,14 +50,6 @@ model_refetch_check() {
     )
     rm -rf "$dir"
     echo "    truncated and corrupted copies were detected and fetched again" >&2
-}
-
-fuzz_smoke() {
-    cargo build --locked -p shared-proto-fuzz
-    # Built without coverage instrumentation (that needs nightly, see
-    # README.md), libFuzzer still runs random mutations as a smoke test.
-    local bin="${CARGO_TARGET_DIR:-target}/debug/frame_decoder"
-    "$bin" -runs=20000 -max_len=4096 -seed=1 2>&1 | tail -n 1
 }
 
 step "setup" setup_main all
@@ -128,7 +121,6 @@ step "cargo clippy on the CUDA and native wgpu backends (run where a GPU is)" \
 step "web app build (trunk, offline; clippy -D warnings on the wasm32 crates)" \
     with_clippy env TRUNK_OFFLINE=true trunk build --config trunk.toml
 step "wasm tests in headless Chromium (wasm-bindgen-test)" wasm_tests
-step "fuzz target" fuzz_smoke
 step "setup: corrupted model is fetched again" model_refetch_check
 step "browser tests (Playwright, Debian chromium)" browser_tests
 say "all tests passed in $((SECONDS - started))s"

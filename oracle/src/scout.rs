@@ -44,7 +44,7 @@ pub struct ScoutArgs {
     /// Misbehave on purpose (`garbage` drafts, `wrong-key` signatures,
     /// `replay` of old answers) to see the oracle's defences at work. For
     /// tests and demonstrations.
-    #[arg(long, hide = true, value_parser = ["garbage", "wrong-key", "replay"])]
+    #[arg(long, hide = true, value_parser = Fault::NAMES)]
     pub misbehave: Option<String>,
 }
 
@@ -86,12 +86,11 @@ pub fn run(args: ScoutArgs) -> anyhow::Result<()> {
         layers = model.config().n_layer,
         "scout ready"
     );
-    let fault = match args.misbehave.as_deref() {
-        Some("garbage") => Fault::Garbage,
-        Some("wrong-key") => Fault::WrongKey,
-        Some("replay") => Fault::Replay,
-        _ => Fault::None,
-    };
+    let fault = args
+        .misbehave
+        .as_deref()
+        .and_then(Fault::from_name)
+        .unwrap_or_default();
     if fault != Fault::None {
         tracing::warn!(?fault, "this scout misbehaves on purpose");
     }

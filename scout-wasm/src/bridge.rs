@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::round::Fault;
+
 /// Which backend the worker should run the draft model on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -121,6 +123,10 @@ pub enum ToWorker {
         max_sessions: usize,
         /// Longest context drafted for.
         max_context: usize,
+        /// Misbehave on purpose (tests and demonstrations of the oracle's
+        /// defences); honest when absent.
+        #[serde(default)]
+        fault: Fault,
     },
     /// The oracle granted a claim.
     Claimed {
@@ -224,7 +230,8 @@ pub enum FromWorker {
         /// Why not.
         error: Option<String>,
     },
-    /// Answers to one [`ToWorker::Rounds`], in its order.
+    /// Answers to one [`ToWorker::Rounds`], in its order; or, with no answers,
+    /// sessions let go between rounds (their answer ended).
     Answers {
         /// One per round.
         answers: Vec<RoundAnswer>,

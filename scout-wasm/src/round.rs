@@ -131,7 +131,8 @@ struct Held<B: Backend> {
 
 /// A scout that misbehaves on purpose, to test the oracle's defences (and to
 /// show them). An honest scout uses [`Fault::None`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Fault {
     /// Draft honestly.
     #[default]
@@ -142,6 +143,22 @@ pub enum Fault {
     WrongKey,
     /// Answer every round of a session with its first (signed) answer again.
     Replay,
+}
+
+impl Fault {
+    /// The names of the faults, as `oracle scout --misbehave` and the web app's
+    /// `?misbehave=` take them.
+    pub const NAMES: [&'static str; 3] = ["garbage", "wrong-key", "replay"];
+
+    /// The fault named `name` (one of [`Fault::NAMES`]).
+    pub fn from_name(name: &str) -> Option<Fault> {
+        match name {
+            "garbage" => Some(Fault::Garbage),
+            "wrong-key" => Some(Fault::WrongKey),
+            "replay" => Some(Fault::Replay),
+            _ => None,
+        }
+    }
 }
 
 /// The sessions a scout drafts for, and its signing key.

@@ -8,6 +8,7 @@ use leptos::prelude::*;
 use crate::console::Console;
 use crate::contribute::{Contribute, Scout};
 use crate::network::Network;
+use scout_wasm::browser::node::Phase;
 
 /// A page of the app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,9 +100,17 @@ fn ScoutBadge() -> impl IntoView {
     let scout = expect_context::<Scout>();
     move || {
         scout.running().then(|| {
+            let phase = scout.state.with(|s| s.as_ref().map(|s| s.phase));
+            // A running scout that cannot draft says so, here too.
+            let (label, class) = match phase {
+                Some(Phase::Banned) => ("Banned", "badge bad"),
+                Some(Phase::Refused) => ("Refused", "badge bad"),
+                Some(Phase::Unreachable) => ("Oracle unreachable", "badge bad"),
+                _ => ("Contributing", "badge"),
+            };
             view! {
-                <a class="badge" href="#/contribute" data-testid="scout-badge">
-                    "Contributing"
+                <a class=class href="#/contribute" data-testid="scout-badge">
+                    {label}
                 </a>
             }
         })

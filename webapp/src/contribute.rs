@@ -9,6 +9,7 @@ use std::time::Duration;
 use leptos::prelude::*;
 use scout_wasm::bridge::{BackendChoice, BackendKind, ModelSource};
 use scout_wasm::browser::node::{self, NodeOptions, NodeState, Phase, ScoutNode};
+use scout_wasm::round::Fault;
 
 use crate::api;
 use crate::chart::{Series, Sparkline, percent};
@@ -129,6 +130,7 @@ impl Scout {
     }
 
     async fn start_node(backend: BackendChoice) -> Result<ScoutNode, String> {
+        let misbehave = misbehave_requested()?;
         let status: api::Status = api::get_json("/api/status").await?;
         let (Some(p2p), Some(model)) = (status.p2p, status.scout_model) else {
             return Err("this oracle runs without its p2p node, so it takes no scouts".to_owned());
@@ -137,6 +139,7 @@ impl Scout {
             "addresses": p2p.listen_addrs,
             "model": model,
             "backend": backend,
+            "misbehave": misbehave,
         }))
         .map_err(|e| format!("the oracle's status does not describe a scout: {e}"))?;
         node::start(scout_wasm::browser::identity::load_or_create(), options)
@@ -149,6 +152,26 @@ impl Scout {
             }
         });
     }
+}
+
+/// The misbehaviour the page's address asks for (`?misbehave=garbage`, like
+/// `oracle scout --misbehave`): a tab that cheats on purpose, to watch the
+/// oracle's golden tickets catch and ban it. Honest without the parameter.
+fn misbehave_requested() -> Result<Fault, String> {
+    let search = window().location().search().unwrap_or_default();
+    let Some(name) = search
+        .trim_start_matches('?')
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("misbehave="))
+    else {
+        return Ok(Fault::None);
+    };
+    Fault::from_name(name).ok_or_else(|| {
+        format!(
+            "?misbehave={name} is not a misbehaviour this tab knows ({})",
+            Fault::NAMES.join(", ")
+        )
+    })
 }
 
 /// The *Contribute* page.
@@ -179,6 +202,24 @@ pub(crate) fn Contribute() -> impl IntoView {
                 "tokens of answers, and the oracle checks every guess. Answers stay exactly what "
                 "the model alone would write; good guesses make them faster and earn this tab credit."
             </p>
+            {match misbehave_requested() {
+                Ok(Fault::None) => None,
+                Ok(fault) => Some(view! {
+                    <p class="warn" role="note" data-testid="misbehave">
+                        {format!(
+                            "This tab misbehaves on purpose (asked by the page's address): {}. \
+                             The oracle's checks should catch it and ban it.",
+                            match fault {
+                                Fault::Garbage => "it drafts tokens unrelated to the answer",
+                                Fault::WrongKey => "it signs its drafts with a key not its own",
+                                Fault::Replay => "it answers every round with its first answer",
+                                Fault::None => "it drafts honestly",
+                            }
+                        )}
+                    </p>
+                }),
+                Err(e) => Some(view! { <p class="warn" role="note" data-testid="misbehave">{e}</p> }),
+            }}
             <div class="controls">
                 <label>
                     "Run the draft model on "
@@ -254,8 +295,13 @@ fn ScoutStatus(state: NodeState) -> impl IntoView {
     );
     let stats = &state.stats;
     let acceptance = percent(stats.accepted, stats.drafted);
-    let connection = match (&state.transport, &state.address) {
-        (Some(transport), Some(address)) => format!("{transport} — {address}"),
+    let connection = match (state.phase, &state.transport, &state.address) {
+        (Phase::Connected | Phase::Ready, Some(transport), Some(address)) => {
+            format!("{transport} — {address}")
+        }
+        (Phase::Dialling, Some(transport), Some(address)) => {
+            format!("dialling: {transport} — {address}")
+        }
         _ => "not connected".to_owned(),
     };
     view! {
@@ -342,8 +388,15 @@ fn headline(state: &NodeState) -> (String, &'static str) {
         Phase::Ready => ("Drafting for the oracle.".into(), "good"),
         Phase::Refused => (format!("The oracle refused this scout: {detail}"), "bad"),
         Phase::Banned => (
+            // The oracle's detail is the ban's end in unix ms: said in local time instead.
             format!(
-                "The oracle has banned this scout for {:.0} s more: {detail}",
+                "The oracle has banned this scout until {} ({:.0} s more): it failed the \
+                 oracle's checks. It tries again by itself when the ban ends.",
+                state.banned_until_ms.map_or_else(String::new, |ms| {
+                    String::from(
+                        js_sys::Date::new(&(ms as f64).into()).to_locale_time_string("default"),
+                    )
+                }),
                 seconds_until(state.banned_until_ms)
             ),
             "bad",

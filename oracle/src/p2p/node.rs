@@ -76,6 +76,10 @@ const TOPOLOGY_SETTLE: Duration = Duration::from_secs(2);
 const TOPOLOGY_MIN_GAP: Duration = Duration::from_secs(10);
 /// How often the snapshot's topology (report ages) is refreshed when quiet.
 const TOPOLOGY_VIEW_REFRESH: Duration = Duration::from_secs(5);
+/// How long a refused peer keeps its connection, so the refusal reaches it:
+/// "sent" means written, and closing a WebRTC connection at once drops what
+/// is still on the way (a banned tab then never learned why, and dialled on).
+const REFUSAL_GRACE: Duration = Duration::from_secs(1);
 
 /// A peer as `/api/peers` shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -189,7 +193,7 @@ pub fn start(
         metrics,
         view,
         peers: HashMap::new(),
-        refused: HashSet::new(),
+        refused: HashMap::new(),
         work: HashMap::new(),
         rounds: HashMap::new(),
         replay: ReplayWindow::new(16_384),
@@ -306,8 +310,9 @@ struct Node {
     metrics: Arc<Metrics>,
     view: NetView,
     peers: HashMap<PeerId, Peer>,
-    /// Peers whose handshake was refused: closed once the refusal is sent.
-    refused: HashSet<PeerId>,
+    /// Peers whose handshake was refused, and when: closed [`REFUSAL_GRACE`]
+    /// later (a refused peer normally hangs up itself once it has read why).
+    refused: HashMap<PeerId, Instant>,
     /// Announced work by work id.
     work: HashMap<Vec<u8>, Work>,
     rounds: HashMap<OutboundRequestId, Round>,
@@ -383,6 +388,16 @@ impl Node {
             .collect();
         for peer in late {
             tracing::info!(%peer, "no handshake in time: closing");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        let refused: Vec<PeerId> = self
+            .refused
+            .iter()
+            .filter(|(_, at)| now - **at >= REFUSAL_GRACE)
+            .map(|(id, _)| *id)
+            .collect();
+        for peer in refused {
+            self.refused.remove(&peer);
             let _ = self.swarm.disconnect_peer_id(peer);
         }
         self.work.retain(|_, w| w.expires > now);
@@ -867,11 +882,6 @@ impl Node {
                     }
                 }
             }
-            OracleBehaviourEvent::Handshake(Rr::ResponseSent { peer, .. })
-                if self.refused.remove(&peer) =>
-            {
-                let _ = self.swarm.disconnect_peer_id(peer);
-            }
             OracleBehaviourEvent::Handshake(Rr::InboundFailure { peer, error, .. }) => {
                 // A malformed or oversized handshake lands here: the codec refused it.
                 tracing::info!(%peer, %error, "bad handshake: closing");
@@ -1031,7 +1041,7 @@ impl Node {
             }
             Err(e) => {
                 tracing::info!(%peer, error = %e, "handshake refused");
-                self.refused.insert(peer);
+                self.refused.insert(peer, Instant::now());
                 net::refusal(&e)
             }
         };

@@ -16,14 +16,14 @@ use wasm_bindgen_futures::JsFuture;
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 use web_time::Instant;
 
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use shared_proto::{Keypair, WireMessage, frame, pb};
 
 use crate::bridge::{
     BackendChoice, BackendKind, FromWorker, ModelOffer, RoundAnswer, RoundRequest, ToWorker,
     WorkerStats,
 };
-use crate::round::{RoundError, Scout};
+use crate::round::{Fault, RoundError, Scout};
 
 /// Messages waiting for the worker's loop; more than this means the page
 /// does not wait for answers.
@@ -71,6 +71,8 @@ fn post(message: &FromWorker) {
 
 /// A session without a round for this long is over for the scout.
 const SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often idle sessions are looked for when no rounds come.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The scout, on the backend it loaded on.
 enum Drafter {
@@ -92,9 +94,31 @@ macro_rules! with_scout {
     };
 }
 
-async fn run(mut messages: futures::channel::mpsc::Receiver<ToWorker>) {
+async fn run(messages: futures::channel::mpsc::Receiver<ToWorker>) {
+    let mut messages = messages.fuse();
     let mut drafter: Option<Drafter> = None;
-    while let Some(message) = messages.next().await {
+    let mut next_sweep = Instant::now() + SWEEP_EVERY;
+    loop {
+        // Between rounds, sessions whose answer ended are let go here: a tab
+        // that held them would stay full and claim no more work.
+        let wait = next_sweep.saturating_duration_since(Instant::now());
+        let message = futures::select! {
+            message = messages.next() => match message {
+                Some(message) => message,
+                None => break,
+            },
+            () = futures_timer::Delay::new(wait).fuse() => {
+                next_sweep = Instant::now() + SWEEP_EVERY;
+                if let Some(d) = drafter.as_mut() {
+                    let (released, stats) =
+                        with_scout!(d, s => release_idle(s, s.session_ids()));
+                    if !released.is_empty() {
+                        post(&FromWorker::Answers { answers: Vec::new(), released, stats });
+                    }
+                }
+                continue;
+            }
+        };
         match message {
             ToWorker::Probe {
                 model_url,
@@ -120,12 +144,13 @@ async fn run(mut messages: futures::channel::mpsc::Receiver<ToWorker>) {
                 backend,
                 max_sessions,
                 max_context,
+                fault,
             } => {
                 if drafter.is_some() {
                     post(&FromWorker::error("state", "the scout is running already"));
                     continue;
                 }
-                match start_scout(&key, &model, backend, max_sessions, max_context).await {
+                match start_scout(&key, &model, backend, max_sessions, max_context, fault).await {
                     Ok(d) => drafter = Some(d),
                     Err(message) => post(&message),
                 }
@@ -201,20 +226,30 @@ async fn answer_rounds<B: Backend>(scout: &mut Scout<B>, rounds: &[RoundRequest]
             }
         }
     }
+    let (released, stats) = release_idle(scout, before);
+    FromWorker::Answers {
+        answers,
+        released,
+        stats,
+    }
+}
+
+/// Lets go of sessions without a round for [`SESSION_IDLE`] (the oracle sends
+/// no word when an answer ends): the sessions gone since `before`, and the
+/// counters after.
+fn release_idle<B: Backend>(scout: &mut Scout<B>, before: Vec<u64>) -> (Vec<u64>, WorkerStats) {
     scout.release_idle(SESSION_IDLE);
     let after = scout.session_ids();
     let stats = scout.stats();
-    FromWorker::Answers {
-        answers,
-        released: before.into_iter().filter(|s| !after.contains(s)).collect(),
-        stats: WorkerStats {
-            claims: stats.claims,
-            rounds: stats.rounds,
-            drafted: stats.drafted,
-            accepted: stats.accepted,
-            sessions: after.len() as u64,
-        },
-    }
+    let released = before.into_iter().filter(|s| !after.contains(s)).collect();
+    let stats = WorkerStats {
+        claims: stats.claims,
+        rounds: stats.rounds,
+        drafted: stats.drafted,
+        accepted: stats.accepted,
+        sessions: after.len() as u64,
+    };
+    (released, stats)
 }
 
 /// A protocol message from the hex of its frame (validated).
@@ -231,6 +266,7 @@ async fn start_scout(
     choice: BackendChoice,
     max_sessions: usize,
     max_context: usize,
+    fault: Fault,
 ) -> Result<Drafter, FromWorker> {
     let started = Instant::now();
     let key = hex::decode(key)
@@ -259,12 +295,10 @@ async fn start_scout(
             });
             let model =
                 Llama::load(&mut gguf, &device, offer.layers).map_err(|e| model_error(&e))?;
-            Drafter::Webgpu(Box::new(Scout::new(
-                key,
-                DraftModel::new(model),
-                max_sessions,
-                max_context,
-            )))
+            Drafter::Webgpu(Box::new(
+                Scout::new(key, DraftModel::new(model), max_sessions, max_context)
+                    .with_fault(fault),
+            ))
         }
         #[cfg(feature = "cpu")]
         BackendKind::Cpu => {
@@ -276,12 +310,10 @@ async fn start_scout(
             let device = shared_model::backend::cpu_device();
             let model =
                 Llama::load(&mut gguf, &device, offer.layers).map_err(|e| model_error(&e))?;
-            Drafter::Cpu(Box::new(Scout::new(
-                key,
-                DraftModel::new(model),
-                max_sessions,
-                max_context,
-            )))
+            Drafter::Cpu(Box::new(
+                Scout::new(key, DraftModel::new(model), max_sessions, max_context)
+                    .with_fault(fault),
+            ))
         }
         #[allow(unreachable_patterns)]
         other => {
