@@ -41,7 +41,8 @@ pub use replay::{FreshnessError, ReplayError, ReplayWindow, check_fresh};
 pub use signing::{SignatureError, Signed};
 pub use validate::{ErrorCode, Validate, ValidationError, Violation, limits};
 pub use wire::{
-    CONTROL_MAX_LEN, GOSSIP_MAX_LEN, WORK_REQUEST_MAX_LEN, WORK_RESPONSE_MAX_LEN, WireMessage,
+    CONTROL_MAX_LEN, GOSSIP_MAX_LEN, MANIFEST_MAX_LEN, WEIGHTS_RESPONSE_MAX_LEN,
+    WORK_REQUEST_MAX_LEN, WORK_RESPONSE_MAX_LEN, WireMessage,
 };
 
 /// The libp2p identity types this crate signs and verifies with.

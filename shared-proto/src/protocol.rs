@@ -33,7 +33,11 @@ pub const PROTOCOL_LIST_PROTOCOL: StreamProtocol = shard_protocol!("protocol-lis
 /// A leech asks for an answer: [`crate::pb::CompletionRequest`] → [`crate::pb::CompletionResponse`].
 pub const COMPLETE_PROTOCOL: StreamProtocol = shard_protocol!("complete");
 
-/// Every request-response protocol of this version.
+/// Model files between peers: [`crate::pb::WeightsRequest`] → [`crate::pb::WeightsResponse`]
+/// (not yet served: see issue 10).
+pub const WEIGHTS_PROTOCOL: StreamProtocol = shard_protocol!("weights");
+
+/// Every request-response protocol of this version that nodes serve.
 pub const ALL_PROTOCOLS: [StreamProtocol; 6] = [
     HANDSHAKE_PROTOCOL,
     VERIFY_PROTOCOL,

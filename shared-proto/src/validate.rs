@@ -15,6 +15,7 @@ use crate::cid::ContentId;
 use crate::pb;
 use crate::protocol::ProtocolVersion;
 use crate::signing::SIGNATURE_LEN;
+use crate::wire::MANIFEST_MAX_LEN;
 
 /// Bounds the protocol puts on field values.
 pub mod limits {
@@ -75,6 +76,26 @@ pub mod limits {
     pub const MAX_STOP_STRINGS: usize = 4;
     /// Longest stop string.
     pub const MAX_STOP_BYTES: usize = 256;
+    /// The model manifest format this version writes and reads.
+    pub const MANIFEST_VERSION: u32 = 1;
+    /// Smallest piece of a model file (the last piece may be shorter).
+    pub const MIN_PIECE_SIZE: u32 = 64 * 1024;
+    /// Largest piece of a model file.
+    pub const MAX_PIECE_SIZE: u32 = 16 * 1024 * 1024;
+    /// Most pieces in one model file (1 TiB at the largest piece size).
+    pub const MAX_PIECES: usize = 65_536;
+    /// Largest model file.
+    pub const MAX_MODEL_BYTES: u64 = MAX_PIECES as u64 * MAX_PIECE_SIZE as u64;
+    /// Longest file name in a manifest.
+    pub const MAX_FILE_NAME_LEN: usize = 255;
+    /// Longest architecture name in a manifest.
+    pub const MAX_ARCHITECTURE_LEN: usize = 64;
+    /// Most tensors in a manifest.
+    pub const MAX_TENSORS: usize = 16_384;
+    /// Longest tensor name (GGUF allows 64 bytes; room to spare).
+    pub const MAX_TENSOR_NAME_LEN: usize = 256;
+    /// Most transformer blocks in a manifest.
+    pub const MAX_LAYERS: usize = 4_096;
 }
 
 /// Error codes of seed 004 (numbered as in gRPC / libp2p).
@@ -832,5 +853,151 @@ impl Validate for pb::Ack {
                 .map_err(|err| err.within(&indexed("errors", i)))?;
         }
         Ok(())
+    }
+}
+
+fn sha256(field: &str, bytes: &[u8]) -> Checked {
+    match bytes.len() {
+        0 => Err(ValidationError::new(field, Violation::Missing)),
+        32 => Ok(()),
+        n => Err(ValidationError::new(
+            field,
+            Violation::Malformed(format!("{n} bytes, a SHA-256 digest has 32")),
+        )),
+    }
+}
+
+impl Validate for pb::ModelManifest {
+    fn validate(&self) -> Checked {
+        int_range(
+            "version",
+            self.version.into(),
+            limits::MANIFEST_VERSION.into(),
+            limits::MANIFEST_VERSION.into(),
+        )?;
+        let name = &self.file_name;
+        required_len("file_name", name.len(), limits::MAX_FILE_NAME_LEN)?;
+        if name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
+            return Err(ValidationError::new(
+                "file_name",
+                Violation::Malformed("must be a plain file name, not a path".into()),
+            ));
+        }
+        int_range(
+            "file_size",
+            i64::try_from(self.file_size).unwrap_or(i64::MAX),
+            1,
+            limits::MAX_MODEL_BYTES as i64,
+        )?;
+        sha256("file_sha256", &self.file_sha256)?;
+        int_range(
+            "piece_size",
+            self.piece_size.into(),
+            limits::MIN_PIECE_SIZE.into(),
+            limits::MAX_PIECE_SIZE.into(),
+        )?;
+        if !self.piece_size.is_power_of_two() {
+            return Err(ValidationError::new(
+                "piece_size",
+                Violation::Malformed("must be a power of two".into()),
+            ));
+        }
+        let pieces = self.file_size.div_ceil(self.piece_size.into());
+        if self.piece_sha256.len() as u64 != pieces {
+            return Err(ValidationError::new(
+                "piece_sha256",
+                Violation::Inconsistent("needs one digest per piece of file_size"),
+            ));
+        }
+        for (i, digest) in self.piece_sha256.iter().enumerate() {
+            sha256(&indexed("piece_sha256", i), digest)?;
+        }
+        max_len(
+            "architecture",
+            self.architecture.len(),
+            limits::MAX_ARCHITECTURE_LEN,
+        )?;
+        max_len("tensors", self.tensors.len(), limits::MAX_TENSORS)?;
+        for (i, t) in self.tensors.iter().enumerate() {
+            let field = indexed("tensors", i);
+            required_len(
+                &format!("{field}.name"),
+                t.name.len(),
+                limits::MAX_TENSOR_NAME_LEN,
+            )?;
+            if t.offset
+                .checked_add(t.size)
+                .is_none_or(|end| end > self.file_size)
+            {
+                return Err(ValidationError::new(
+                    field,
+                    Violation::Inconsistent("ends past the end of the file"),
+                ));
+            }
+        }
+        max_len("layers", self.layers.len(), limits::MAX_LAYERS)?;
+        for (i, l) in self.layers.iter().enumerate() {
+            let field = indexed("layers", i);
+            let end = u64::from(l.first_piece) + u64::from(l.piece_count);
+            if l.piece_count == 0 || end > pieces {
+                return Err(ValidationError::new(
+                    field,
+                    Violation::Inconsistent("names pieces the file does not have"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Validate for pb::WeightsRequest {
+    fn validate(&self) -> Checked {
+        cid("model_cid", &self.model_cid)?;
+        match self.want {
+            None => Err(ValidationError::new("want", Violation::Missing)),
+            Some(pb::weights_request::Want::Piece(i)) if i as usize >= limits::MAX_PIECES => {
+                Err(ValidationError::new(
+                    "piece",
+                    Violation::OutOfRange {
+                        got: i.into(),
+                        min: 0.0,
+                        max: (limits::MAX_PIECES - 1) as f64,
+                    },
+                ))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+impl Validate for pb::WeightsResponse {
+    fn validate(&self) -> Checked {
+        use pb::weights_response::Answer;
+        match &self.answer {
+            None => Err(ValidationError::new("answer", Violation::Missing)),
+            // The manifest's bytes are checked against the content id asked
+            // for, then decoded and validated, by whoever asked.
+            Some(Answer::Manifest(bytes)) => {
+                required_len("manifest", bytes.len(), MANIFEST_MAX_LEN)
+            }
+            Some(Answer::Piece(piece)) => piece.validate().map_err(|e| e.within("piece")),
+            Some(Answer::Refused(ack)) => ack.validate().map_err(|e| e.within("refused")),
+        }
+    }
+}
+
+impl Validate for pb::Piece {
+    fn validate(&self) -> Checked {
+        if self.index as usize >= limits::MAX_PIECES {
+            return Err(ValidationError::new(
+                "index",
+                Violation::OutOfRange {
+                    got: self.index.into(),
+                    min: 0.0,
+                    max: (limits::MAX_PIECES - 1) as f64,
+                },
+            ));
+        }
+        required_len("data", self.data.len(), limits::MAX_PIECE_SIZE as usize)
     }
 }

@@ -22,6 +22,10 @@ pub const WORK_REQUEST_MAX_LEN: usize = 8 * 1024;
 pub const WORK_RESPONSE_MAX_LEN: usize = 64 * 1024;
 /// Gossipsub messages: 2 MiB.
 pub const GOSSIP_MAX_LEN: usize = 2 * 1024 * 1024;
+/// A model manifest: 4 MiB (65 536 piece digests and 16 384 tensors fit).
+pub const MANIFEST_MAX_LEN: usize = 4 * 1024 * 1024;
+/// A weights answer: the largest piece with room for its framing.
+pub const WEIGHTS_RESPONSE_MAX_LEN: usize = crate::limits::MAX_PIECE_SIZE as usize + 1024;
 
 macro_rules! wire_messages {
     ($($ty:ident => $max:expr),* $(,)?) => {
@@ -53,4 +57,7 @@ wire_messages! {
     GossipWorkMessage => GOSSIP_MAX_LEN,
     ResultBroadcast => GOSSIP_MAX_LEN,
     TopologyMessage => GOSSIP_MAX_LEN,
+    ModelManifest => MANIFEST_MAX_LEN,
+    WeightsRequest => CONTROL_MAX_LEN,
+    WeightsResponse => WEIGHTS_RESPONSE_MAX_LEN,
 }
