@@ -86,6 +86,15 @@ enum Command {
     Scout(crate::scout::ScoutArgs),
     /// Ask an oracle for one completion over p2p (as a leech) and print it.
     Ask(crate::ask::AskArgs),
+    /// Print a model file's manifest (pieces and their SHA-256) and, as the
+    /// last line, the content id that names the model on the network.
+    Manifest {
+        /// The model file (GGUF; any file works, without a tensor layout).
+        path: PathBuf,
+        /// Print the whole manifest as one JSON object instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Make a network key (for tests and single-operator networks): it
     /// certifies oracles, whose results others then accept.
     NetworkKey {
@@ -288,6 +297,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => certify(&network_key, data_dir, days),
         Command::CreditToken { data_dir, days } => credit_token(data_dir, days),
         Command::Ask(args) => crate::ask::run(args),
+        Command::Manifest { path, json } => crate::weights::print_manifest(&path, json),
         Command::Scout(args) => {
             init_logging(serve::LogFormat::Text);
             crate::scout::run(args)

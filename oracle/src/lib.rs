@@ -14,8 +14,9 @@
 //! - [`trust`]: reputation, golden-ticket checks, bans, credits, rate limits.
 //! - [`scout`]: `oracle scout`, a desktop scout (the logic is `scout-wasm`'s).
 //! - [`ask`]: `oracle ask`, one completion over p2p as a leech.
+//! - [`weights`]: model files as content-addressed pieces (`oracle manifest`).
 //! - [`cli`]: the command line (`tokenize`, `generate`, `bench`, `serve`, `scout`,
-//!   `ask`, `credit-token`, `network-key`, `certify`).
+//!   `ask`, `manifest`, `credit-token`, `network-key`, `certify`).
 #![deny(missing_docs)]
 
 pub mod ask;
@@ -29,3 +30,4 @@ pub mod scheduler;
 pub mod scout;
 pub mod serve;
 pub mod trust;
+pub mod weights;

@@ -482,3 +482,64 @@ fn network_commands_refuse_bad_input_clearly() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn manifest_names_the_model_by_content_id_and_is_deterministic() {
+    let model = model();
+    let path = model.to_str().unwrap();
+    let out = oracle(&["manifest", path]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let cid = text.lines().last().unwrap().to_owned();
+    assert!(cid.starts_with("1220") && cid.len() == 68, "{text}");
+    assert!(text.contains("376 of 256 KiB"), "{text}");
+
+    let out = oracle(&["manifest", path, "--json"]);
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The same file, the same name on the network.
+    assert_eq!(json["cid"], cid.as_str());
+    let sums = std::fs::read_to_string(model.with_file_name("SHA256SUMS")).unwrap();
+    let expected = sums
+        .lines()
+        .find(|l| l.ends_with("SmolLM2-135M-Instruct.Q4_1.gguf"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap();
+    assert_eq!(json["file_sha256"], expected);
+    assert_eq!(json["file_size"], 98_362_432);
+    assert_eq!(json["piece_sha256"].as_array().unwrap().len(), 376);
+    assert_eq!(json["architecture"], "llama");
+    // SmolLM2-135M has 30 blocks; each lies in a run of the file's pieces.
+    let layers = json["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 30);
+    for (i, l) in layers.iter().enumerate() {
+        let (layer, first, count) = (
+            l[0].as_u64(),
+            l[1].as_u64().unwrap(),
+            l[2].as_u64().unwrap(),
+        );
+        assert_eq!(layer, Some(i as u64));
+        assert!(count >= 1 && first + count <= 376, "{l}");
+    }
+
+    // One flipped byte is another model.
+    let dir = std::env::temp_dir().join(format!("shard-manifest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("flipped.gguf");
+    let mut bytes = std::fs::read(&model).unwrap();
+    bytes[50_000_000] ^= 1;
+    std::fs::write(&copy, &bytes).unwrap();
+    let out = oracle(&["manifest", copy.to_str().unwrap()]);
+    let other = String::from_utf8(out.stdout).unwrap();
+    assert_ne!(other.lines().last().unwrap(), cid);
+
+    let missing = dir.join("missing.gguf");
+    let out = oracle(&["manifest", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,184 @@
+//! Model files as content-addressed pieces, on this machine: the manifest of a
+//! file on disk (`oracle manifest`, and what `oracle serve` offers peers).
+//! The rules (piece sizes, checks, the picker) are `shared-weights`'.
+
+use std::fs::File;
+use std::io::{self, BufReader, IsTerminal, Read, Write};
+use std::path::Path;
+
+use anyhow::Context;
+use serde::Serialize;
+use shared_model::gguf::Gguf;
+use shared_weights::{Manifest, TensorLayout};
+
+/// Builds the manifest of the model file at `path`: reads it once, hashing
+/// every piece (with progress on a terminal: a large model takes minutes). A
+/// GGUF's tensors and blocks are recorded; another file is cut into pieces
+/// without them.
+pub fn manifest_of(path: &Path) -> anyhow::Result<Manifest> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let size = file
+        .metadata()
+        .with_context(|| format!("cannot read the size of {}", path.display()))?
+        .len();
+    let layout = gguf_layout(path);
+    if layout.is_none() {
+        tracing::info!(path = %path.display(), "not a GGUF file: its manifest has no tensor layout");
+    }
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".to_owned());
+    let reader = Progress::new(BufReader::with_capacity(1 << 20, file), size);
+    Manifest::build(reader, size, &name, layout.as_ref(), None)
+        .with_context(|| format!("cannot build the manifest of {}", path.display()))
+}
+
+/// The tensor layout of a GGUF file; `None` when it is not one.
+fn gguf_layout(path: &Path) -> Option<TensorLayout> {
+    let gguf = Gguf::open(path).ok()?;
+    let architecture = gguf
+        .metadata
+        .str("general.architecture")
+        .unwrap_or_default()
+        .to_owned();
+    Some(TensorLayout {
+        architecture,
+        tensors: gguf
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.offset, t.size))
+            .collect(),
+    })
+}
+
+/// A reader that shows how much of the file has been hashed, on a terminal.
+struct Progress<R> {
+    inner: R,
+    total: u64,
+    read: u64,
+    shown_percent: u64,
+    show: bool,
+}
+
+impl<R> Progress<R> {
+    fn new(inner: R, total: u64) -> Self {
+        Progress {
+            inner,
+            total,
+            read: 0,
+            shown_percent: 0,
+            // Small files hash in a blink: no progress line for them.
+            show: io::stderr().is_terminal() && total > 256 << 20,
+        }
+    }
+}
+
+impl<R: Read> Read for Progress<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.show {
+            let percent = self.read * 100 / self.total.max(1);
+            if percent > self.shown_percent {
+                self.shown_percent = percent;
+                let gib = |b: u64| b as f64 / f64::from(1 << 30);
+                let mut err = io::stderr();
+                let _ = write!(
+                    err,
+                    "\rhashing {:.2} of {:.2} GiB ({percent}%)",
+                    gib(self.read),
+                    gib(self.total)
+                );
+                if percent == 100 {
+                    let _ = writeln!(err);
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// `oracle manifest --json`: the whole manifest, digests in hex. A contract
+/// for other tools, like every JSON the command line prints.
+#[derive(Serialize)]
+pub struct ManifestJson {
+    /// The model's content id (hex multihash): its name on the network.
+    pub cid: String,
+    /// The manifest format.
+    pub version: u32,
+    /// File name.
+    pub file_name: String,
+    /// File size, bytes.
+    pub file_size: u64,
+    /// SHA-256 of the file, hex.
+    pub file_sha256: String,
+    /// Bytes per piece.
+    pub piece_size: u32,
+    /// SHA-256 of each piece, hex.
+    pub piece_sha256: Vec<String>,
+    /// GGUF architecture.
+    pub architecture: String,
+    /// Tensors: name, offset, size.
+    pub tensors: Vec<(String, u64, u64)>,
+    /// Blocks: layer, first piece, piece count.
+    pub layers: Vec<(u32, u32, u32)>,
+}
+
+impl From<&Manifest> for ManifestJson {
+    fn from(m: &Manifest) -> Self {
+        let p = m.proto();
+        ManifestJson {
+            cid: m.cid().to_string(),
+            version: p.version,
+            file_name: p.file_name.clone(),
+            file_size: p.file_size,
+            file_sha256: hex::encode(&p.file_sha256),
+            piece_size: p.piece_size,
+            piece_sha256: p.piece_sha256.iter().map(hex::encode).collect(),
+            architecture: p.architecture.clone(),
+            tensors: p
+                .tensors
+                .iter()
+                .map(|t| (t.name.clone(), t.offset, t.size))
+                .collect(),
+            layers: p
+                .layers
+                .iter()
+                .map(|l| (l.layer, l.first_piece, l.piece_count))
+                .collect(),
+        }
+    }
+}
+
+/// `oracle manifest`: a summary, then the content id as the last line (or the
+/// whole manifest as JSON).
+pub fn print_manifest(path: &Path, json: bool) -> anyhow::Result<()> {
+    let manifest = manifest_of(path)?;
+    if json {
+        println!("{}", serde_json::to_string(&ManifestJson::from(&manifest))?);
+        return Ok(());
+    }
+    let p = manifest.proto();
+    println!("file          {} ({} bytes)", p.file_name, p.file_size);
+    println!("sha256        {}", hex::encode(&p.file_sha256));
+    println!(
+        "pieces        {} of {} KiB",
+        manifest.piece_count(),
+        p.piece_size / 1024
+    );
+    if !p.tensors.is_empty() {
+        println!(
+            "layout        {}, {} tensors, {} blocks",
+            if p.architecture.is_empty() {
+                "?"
+            } else {
+                &p.architecture
+            },
+            p.tensors.len(),
+            p.layers.len()
+        );
+    }
+    println!("{}", manifest.cid());
+    Ok(())
+}
