@@ -1,6 +1,11 @@
 //! Model files as content-addressed pieces, on this machine: the manifest of a
 //! file on disk (`oracle manifest`, and what `oracle serve` offers peers).
 //! The rules (piece sizes, checks, the picker) are `shared-weights`'.
+//!
+//! - [`store`]: a download on disk — pieces into `OUT.part`, the record of
+//!   verified pieces beside it, the final check and rename.
+
+pub mod store;
 
 use std::fs::File;
 use std::io::{self, BufReader, IsTerminal, Read, Write};
