@@ -78,8 +78,10 @@ pub fn run(args: ScoutArgs) -> anyhow::Result<()> {
     let device = cpu_device();
     let model = Llama::<Cpu>::load(&mut gguf, &device, layers)
         .with_context(|| format!("cannot load the draft model in {}", path.display()))?;
-    let model_cid = native::model_cid_of_file(&path)
-        .with_context(|| format!("cannot hash {}", path.display()))?;
+    // The model's name on the network is its manifest's content id.
+    let model_cid = crate::weights::manifest_cached(&path, &data_dir.join("manifests"))?
+        .cid()
+        .to_bytes();
     tracing::info!(
         peer_id = %key.public().to_peer_id(),
         model = %path.display(),

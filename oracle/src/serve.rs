@@ -563,13 +563,13 @@ pub fn start_network(config: &ServeConfig, server: &mut Server) -> anyhow::Resul
     let (Some(p2p), Some(to_network)) = (&config.p2p, server.to_network.take()) else {
         return Ok(());
     };
-    let scout_model_cid = scout_wasm::native::model_cid_of_file(&p2p.scout_model)
-        .with_context(|| format!("cannot read the scout model {}", p2p.scout_model.display()))?;
-    let served =
-        http::ServedModel::new(p2p.scout_model.clone(), &scout_model_cid, p2p.scout_layers)
+    let manifest =
+        crate::weights::manifest_cached(&p2p.scout_model, &config.data_dir.join("manifests"))
             .with_context(|| {
                 format!("cannot read the scout model {}", p2p.scout_model.display())
             })?;
+    let scout_model_cid = manifest.cid().to_bytes();
+    let served = http::ServedModel::new(p2p.scout_model.clone(), manifest, p2p.scout_layers);
     let _ = server.state.scout_model.set(served);
     let certificate = load_certificate(&config.data_dir)?;
     let ledger_path = config.data_dir.join("trust.redb");

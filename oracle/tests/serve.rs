@@ -835,8 +835,8 @@ async fn the_scout_model_downloads_with_ranges_etags_and_no_api_key() {
     let path = dir.join("draft model.gguf");
     let bytes: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::write(&path, &bytes).unwrap();
-    let cid = scout_wasm::native::model_cid_of_file(&path).unwrap();
-    let served = oracle::http::ServedModel::new(path, &cid, Some(2)).unwrap();
+    let manifest = oracle::weights::manifest_of(&path).unwrap();
+    let served = oracle::http::ServedModel::new(path, manifest, Some(2));
     let (url, etag) = (served.url.clone(), format!("\"{}\"", served.sha256));
     assert_eq!(url, "/models/draft%20model.gguf");
     server.state.scout_model.set(served).unwrap();
@@ -914,8 +914,83 @@ async fn the_scout_model_downloads_with_ranges_etags_and_no_api_key() {
     assert_eq!(v["scout_model"]["size"], 5000);
     assert_eq!(v["scout_model"]["layers"], 2);
     assert_eq!(v["scout_model"]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(v["scout_model"]["pieces"], 1);
     assert!(v["scout_model"].get("path").is_none());
+    assert!(v["scout_model"].get("manifest").is_none());
     let sent = metric(&metrics_text(app).await, "shard_model_bytes_served_total");
     assert_eq!(sent, (5000 + 10 + 10 + 4900 + 5000 + 5000) as f64);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scout_model_is_served_in_pieces_each_checked_against_its_manifest() {
+    let server = server_with(ServeArgs {
+        api_key: Some("sesame".into()),
+        ..Default::default()
+    });
+    let dir = std::env::temp_dir().join(format!("shard-pieces-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("draft.gguf");
+    // 300,000 bytes: five 64 KiB pieces, the last one short.
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(&path, &bytes).unwrap();
+    let manifest = oracle::weights::manifest_of(&path).unwrap();
+    let cid = manifest.cid().to_string();
+    let served = oracle::http::ServedModel::new(path, manifest, None);
+    assert_eq!(served.manifest_url, format!("/models/{cid}/manifest"));
+    server.state.scout_model.set(served).unwrap();
+    let app = &server.app;
+
+    // The manifest: exactly the bytes its content id names, public, immutable.
+    let (status, headers, body) = send(app, get(&format!("/models/{cid}/manifest"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        headers[header::CACHE_CONTROL],
+        "public, max-age=31536000, immutable"
+    );
+    let id = shared_proto::ContentId::from_bytes(&hex::decode(&cid).unwrap()).unwrap();
+    let manifest = shared_weights::Manifest::from_bytes(&id, body).unwrap();
+    assert_eq!(manifest.piece_count(), 5);
+
+    // Every piece passes its check, and together they are the file.
+    let mut joined = Vec::new();
+    for i in 0..5 {
+        let (status, headers, body) = send(app, get(&format!("/models/{cid}/pieces/{i}"))).await;
+        assert_eq!(status, StatusCode::OK, "piece {i}");
+        manifest.check_piece(i, &body).unwrap();
+        let etag = headers[header::ETAG].to_str().unwrap().to_owned();
+        let again = Request::get(format!("/models/{cid}/pieces/{i}"))
+            .header(header::IF_NONE_MATCH, etag)
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(send(app, again).await.0, StatusCode::NOT_MODIFIED);
+        joined.extend_from_slice(&body);
+    }
+    assert_eq!(joined, bytes);
+
+    // Bad input: a typed error, never a panic or another file's bytes.
+    let (status, v) = json_of(app, get(&format!("/models/{cid}/pieces/5"))).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("piece_not_found"))
+    );
+    let (status, v) = json_of(app, get(&format!("/models/{cid}/pieces/-1"))).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_piece"))
+    );
+    let (status, v) = json_of(app, get(&format!("/models/{cid}/pieces/99999999999"))).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_piece"))
+    );
+    let other = shared_proto::ContentId::digest(b"another model");
+    let (status, v) = json_of(app, get(&format!("/models/{other}/manifest"))).await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("model_not_found"))
+    );
+    let (status, _) = json_of(app, get(&format!("/models/{other}/pieces/0"))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     std::fs::remove_dir_all(&dir).unwrap();
 }

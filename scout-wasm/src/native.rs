@@ -15,7 +15,7 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, Transport, noise, ping, tcp};
 use shared_model::backend::Backend;
 use shared_proto::protocol::{CLAIM_PROTOCOL, TOPOLOGY_TOPIC, VERIFY_PROTOCOL, WORK_TOPIC};
-use shared_proto::{ContentId, Keypair, ReplayWindow, Validate, pb};
+use shared_proto::{Keypair, ReplayWindow, Validate, pb};
 use thiserror::Error;
 use web_time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -466,25 +466,4 @@ impl<B: Backend> Node<B> {
             }
         }
     }
-}
-
-/// The content id of a model file's bytes (SHA-256, read in pieces).
-pub fn model_cid_of_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    let mut bytes = vec![0x12, 0x20];
-    bytes.extend_from_slice(&hasher.finalize());
-    ContentId::from_bytes(&bytes)
-        .map(|c| c.to_bytes())
-        .map_err(|e| std::io::Error::other(e.to_string()))
 }

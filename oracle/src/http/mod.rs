@@ -89,8 +89,8 @@ pub struct AppState {
     pub network: crate::p2p::NetView,
     /// Scouts' reputation, credits and bans, once the p2p node runs.
     pub trust: std::sync::OnceLock<Arc<crate::trust::Ledger>>,
-    /// The draft model scouts must hold, served at `/models/{name}` once the
-    /// p2p node runs.
+    /// The draft model scouts must hold, served at `/models/{name}` (whole)
+    /// and `/models/{cid}/…` (in pieces) once the p2p node runs.
     pub scout_model: std::sync::OnceLock<ServedModel>,
 }
 
@@ -117,6 +117,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/models/{name}", get(models::model_file))
+        .route("/models/{cid}/manifest", get(models::manifest))
+        .route("/models/{cid}/pieces/{index}", get(models::piece))
         .fallback_service(web)
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -1,19 +1,26 @@
-//! `GET /models/{name}`: the draft model scouts must hold, for browsers.
+//! The model files this oracle hands out, for browsers (weights are public, so
+//! none of this needs the API key):
 //!
-//! Weights are public, so this sits outside the API key. Downloads resume:
-//! `Range` (one range, 206/416) comes from `tower_http`'s `ServeFile`; this
-//! adds what it lacks — a strong `ETag` (the file's SHA-256, which the
-//! browser checks the bytes against anyway) with `If-None-Match` (304) and
-//! `If-Range` (a range only while the file is the same one).
+//! - `GET /models/{name}`: the draft model scouts must hold, whole. Downloads
+//!   resume: `Range` (one range, 206/416) comes from `tower_http`'s
+//!   `ServeFile`; this adds what it lacks — a strong `ETag` (the file's
+//!   SHA-256, which the browser checks the bytes against anyway) with
+//!   `If-None-Match` (304) and `If-Range` (a range only while the file is the
+//!   same one).
+//! - `GET /models/{cid}/manifest` and `GET /models/{cid}/pieces/{index}`: the
+//!   same model as content-addressed pieces (`shared-weights`): the manifest's
+//!   bytes hash to `cid`, each piece to its digest in the manifest, so both are
+//!   immutable and cached for a year.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use shared_weights::Manifest;
 use tower::ServiceExt as _;
 use tower_http::services::ServeFile;
 
@@ -24,41 +31,54 @@ use super::{AppState, error::ApiError};
 pub struct ServedModel {
     /// The file name, which is its URL's last segment.
     pub name: String,
-    /// Where it is fetched from (`/models/{name}`).
+    /// Where it is fetched from whole (`/models/{name}`).
     pub url: String,
     /// Bytes.
     pub size: u64,
     /// SHA-256 of the whole file, lowercase hex.
     pub sha256: String,
-    /// Its content id on the network (the scout handshake names it).
+    /// Its content id on the network: its manifest's (the scout handshake
+    /// names it), hex.
     pub cid: String,
+    /// Where its manifest is (`/models/{cid}/manifest`); its pieces are at
+    /// `/models/{cid}/pieces/{index}`.
+    pub manifest_url: String,
+    /// Bytes per piece (the last may be shorter).
+    pub piece_size: u32,
+    /// Number of pieces.
+    pub pieces: u32,
     /// Blocks a browser scout should load (all when absent): a cut model
     /// drafts worse but fits slow devices.
     pub layers: Option<usize>,
     /// The file on disk (not sent).
     #[serde(skip)]
     pub path: PathBuf,
+    /// Its manifest (not sent: it is at `manifest_url`).
+    #[serde(skip)]
+    pub manifest: Manifest,
 }
 
 impl ServedModel {
-    /// Describes `path`, whose SHA-256 content id is `cid` (multihash bytes).
-    pub fn new(path: PathBuf, cid: &[u8], layers: Option<usize>) -> std::io::Result<Self> {
-        let size = std::fs::metadata(&path)?.len();
+    /// Describes the model file at `path`, whose manifest is `manifest`.
+    pub fn new(path: PathBuf, manifest: Manifest, layers: Option<usize>) -> Self {
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        // A SHA-256 multihash: 0x12, 32, then the digest.
-        let sha256 = hex::encode(cid.get(2..).unwrap_or_default());
-        Ok(ServedModel {
+        let cid = manifest.cid().to_string();
+        ServedModel {
             url: format!("/models/{}", percent_encode(&name)),
             name,
-            size,
-            sha256,
-            cid: hex::encode(cid),
+            size: manifest.file_size(),
+            sha256: hex::encode(&manifest.proto().file_sha256),
+            manifest_url: format!("/models/{cid}/manifest"),
+            cid,
+            piece_size: manifest.piece_size(),
+            pieces: manifest.piece_count(),
             layers,
             path,
-        })
+            manifest,
+        }
     }
 
     fn etag(&self) -> String {
@@ -138,6 +158,105 @@ pub(super) async fn model_file(
         HeaderValue::from_static("application/octet-stream"),
     );
     Response::from_parts(parts, Body::new(body))
+}
+
+/// The served model whose content id is `cid`.
+fn by_cid<'a>(state: &'a AppState, cid: &str) -> Option<&'a ServedModel> {
+    state
+        .scout_model
+        .get()
+        .filter(|m| m.cid.eq_ignore_ascii_case(cid))
+}
+
+fn no_such_model(cid: &str) -> Response {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        code: Some("model_not_found"),
+        ..ApiError::invalid(format!("this oracle serves no model {cid:?}"), None)
+    }
+    .into_response()
+}
+
+/// Headers of something that never changes under its name.
+fn immutable(etag: &str, content_type: &'static str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(etag) {
+        headers.insert(header::ETAG, value);
+    }
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=31536000, immutable"),
+    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers
+}
+
+pub(super) async fn manifest(
+    State(state): State<Arc<AppState>>,
+    Path(cid): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(model) = by_cid(&state, &cid) else {
+        return no_such_model(&cid);
+    };
+    let etag = format!("\"{}\"", model.cid);
+    let headers_out = immutable(&etag, "application/x-protobuf");
+    if names_etag(headers.get(header::IF_NONE_MATCH), &etag) == Some(true) {
+        return (StatusCode::NOT_MODIFIED, headers_out).into_response();
+    }
+    (headers_out, model.manifest.bytes().to_vec()).into_response()
+}
+
+pub(super) async fn piece(
+    State(state): State<Arc<AppState>>,
+    Path((cid, index)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(model) = by_cid(&state, &cid) else {
+        return no_such_model(&cid);
+    };
+    let Ok(index) = index.parse::<u32>() else {
+        return ApiError::invalid_code(
+            format!("{index:?} is not a piece index"),
+            "index",
+            "invalid_piece",
+        )
+        .into_response();
+    };
+    let range = match model.manifest.piece_range(index) {
+        Ok(r) => r,
+        Err(e) => {
+            return ApiError {
+                status: StatusCode::NOT_FOUND,
+                code: Some("piece_not_found"),
+                ..ApiError::invalid(e.to_string(), Some("index"))
+            }
+            .into_response();
+        }
+    };
+    let digest = &model.manifest.proto().piece_sha256[index as usize];
+    let etag = format!("\"{}\"", hex::encode(digest));
+    let headers_out = immutable(&etag, "application/octet-stream");
+    if names_etag(headers.get(header::IF_NONE_MATCH), &etag) == Some(true) {
+        return (StatusCode::NOT_MODIFIED, headers_out).into_response();
+    }
+    let path = model.path.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt as _;
+        let file = std::fs::File::open(&path)?;
+        let mut buf = vec![0u8; (range.end - range.start) as usize];
+        file.read_exact_at(&mut buf, range.start)?;
+        Ok::<_, std::io::Error>(buf)
+    })
+    .await;
+    match read {
+        Ok(Ok(data)) => {
+            state.metrics.model_bytes_served.inc_by(data.len() as u64);
+            (headers_out, data).into_response()
+        }
+        Ok(Err(e)) => ApiError::internal(format!("reading the model failed: {e}")).into_response(),
+        Err(e) => ApiError::internal(format!("reading the model failed: {e}")).into_response(),
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,44 @@ pub fn manifest_of(path: &Path) -> anyhow::Result<Manifest> {
         .with_context(|| format!("cannot build the manifest of {}", path.display()))
 }
 
+/// [`manifest_of`], kept in `cache_dir` so a restart does not hash a large
+/// model again. The cache is keyed by the file's path, size and modification
+/// time (what `make` and `rsync` trust too); a file changed behind that key
+/// would give pieces that fail their check at every receiver, never bad data.
+pub fn manifest_cached(path: &Path, cache_dir: &Path) -> anyhow::Result<Manifest> {
+    use sha2::Digest as _;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let key = sha2::Sha256::digest(format!(
+        "{}\0{}\0{modified}",
+        canonical.display(),
+        meta.len()
+    ));
+    let cached = cache_dir.join(format!("{}.manifest", hex::encode(&key[..16])));
+    if let Ok(bytes) = std::fs::read(&cached) {
+        let cid = shared_proto::ContentId::digest(&bytes);
+        match Manifest::from_bytes(&cid, bytes) {
+            Ok(m) if m.file_size() == meta.len() => return Ok(m),
+            _ => tracing::warn!(cache = %cached.display(), "ignoring a damaged cached manifest"),
+        }
+    }
+    let manifest = manifest_of(path)?;
+    let saved = std::fs::create_dir_all(cache_dir)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| Ok(store::write_atomically(&cached, manifest.bytes())?));
+    if let Err(e) = saved {
+        // Only the next start pays for it.
+        tracing::warn!(cache = %cached.display(), error = %e, "cannot cache the manifest");
+    }
+    Ok(manifest)
+}
+
 /// The tensor layout of a GGUF file; `None` when it is not one.
 fn gguf_layout(path: &Path) -> Option<TensorLayout> {
     let gguf = Gguf::open(path).ok()?;
