@@ -529,8 +529,13 @@ fn manifest_names_the_model_by_content_id_and_is_deterministic() {
     // One flipped byte is another model.
     let dir = std::env::temp_dir().join(format!("shard-manifest-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let copy = dir.join("flipped.gguf");
+    // The same bytes under another name are the same model.
+    let copy = dir.join("renamed.gguf");
     let mut bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&copy, &bytes).unwrap();
+    let out = oracle(&["manifest", copy.to_str().unwrap()]);
+    let same = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(same.lines().last().unwrap(), cid);
     bytes[50_000_000] ^= 1;
     std::fs::write(&copy, &bytes).unwrap();
     let out = oracle(&["manifest", copy.to_str().unwrap()]);

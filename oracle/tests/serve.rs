@@ -992,5 +992,16 @@ async fn the_scout_model_is_served_in_pieces_each_checked_against_its_manifest()
     );
     let (status, _) = json_of(app, get(&format!("/models/{other}/pieces/0"))).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The file changes on disk under the running oracle: its pieces are no
+    // longer what the manifest names, and none is sent as if it were.
+    let mut changed = bytes.clone();
+    changed[70_000] ^= 1;
+    std::fs::write(dir.join("draft.gguf"), &changed).unwrap();
+    let (status, _, body) = send(app, get(&format!("/models/{cid}/pieces/1"))).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(String::from_utf8_lossy(&body).contains("changed since its manifest was made"));
+    let (status, _, _) = send(app, get(&format!("/models/{cid}/pieces/0"))).await;
+    assert_eq!(status, StatusCode::OK);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,9 +1,10 @@
 // A tab that cheats is caught and banned, and the person sees it: golden
 // tickets (answers the oracle has already served, slipped to scouts as
 // ordinary work) find a tab whose drafts are garbage, the oracle bans its
-// peer id, and the Contribute page says so — also when the tab comes back
-// honest, until the ban ends. `?misbehave=garbage` is how a person (or this
-// test) asks a tab to cheat, like `oracle scout --misbehave garbage`.
+// peer id, and the Contribute page says so — also when the tab comes back,
+// until the ban ends. `?misbehave=garbage` is how a person (or this test) asks
+// a tab to cheat, like `oracle scout --misbehave garbage`; such a tab uses a
+// key of its own, never the browser's scout key.
 const { test, expect } = require('@playwright/test');
 const { startScoutOracle, screenshot, watchConsole } = require('../support/oracle');
 
@@ -56,10 +57,21 @@ test('a tab that drafts garbage is banned by golden tickets, and the page says s
   const status = await (await fetch(`${oracle.origin}/api/status`)).json();
   expect(status.scouts_connected).toBe(0);
 
-  // The same browser comes back honest: its key is the same, so the ban holds.
+  // The person's own key was never used: without the parameter this browser
+  // contributes under another peer id, and is not banned.
+  const honest = await context.newPage();
+  await honest.goto(`${oracle.origin}/#/contribute`);
+  await expect(honest.getByTestId('misbehave')).toHaveCount(0);
+  await honest.getByTestId('backend-choice').selectOption('cpu');
+  await honest.getByTestId('contribute').click();
+  await expect(honest.getByTestId('state')).toHaveText(/Ready|Drafting/, { timeout: 60_000 });
+  expect((await honest.getByTestId('peer-id').textContent()).trim()).not.toBe(peerId);
+  await honest.getByTestId('contribute').click();
+  await expect(honest.getByTestId('state')).toHaveText('Stopped.');
+
+  // The misbehaving key comes back: the ban holds, at its first handshake.
   const again = await context.newPage();
-  await again.goto(`${oracle.origin}/#/contribute`);
-  await expect(again.getByTestId('misbehave')).toHaveCount(0);
+  await again.goto(`${oracle.origin}/?misbehave=garbage#/contribute`);
   await again.getByTestId('backend-choice').selectOption('cpu');
   await again.getByTestId('contribute').click();
   await expect(again.getByTestId('state')).toHaveText(/banned this scout/, { timeout: 60_000 });

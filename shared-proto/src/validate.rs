@@ -86,8 +86,6 @@ pub mod limits {
     pub const MAX_PIECES: usize = 65_536;
     /// Largest model file.
     pub const MAX_MODEL_BYTES: u64 = MAX_PIECES as u64 * MAX_PIECE_SIZE as u64;
-    /// Longest file name in a manifest.
-    pub const MAX_FILE_NAME_LEN: usize = 255;
     /// Longest architecture name in a manifest.
     pub const MAX_ARCHITECTURE_LEN: usize = 64;
     /// Most tensors in a manifest.
@@ -875,14 +873,6 @@ impl Validate for pb::ModelManifest {
             limits::MANIFEST_VERSION.into(),
             limits::MANIFEST_VERSION.into(),
         )?;
-        let name = &self.file_name;
-        required_len("file_name", name.len(), limits::MAX_FILE_NAME_LEN)?;
-        if name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
-            return Err(ValidationError::new(
-                "file_name",
-                Violation::Malformed("must be a plain file name, not a path".into()),
-            ));
-        }
         int_range(
             "file_size",
             i64::try_from(self.file_size).unwrap_or(i64::MAX),
@@ -903,6 +893,12 @@ impl Validate for pb::ModelManifest {
             ));
         }
         let pieces = self.file_size.div_ceil(self.piece_size.into());
+        if pieces > limits::MAX_PIECES as u64 {
+            return Err(ValidationError::new(
+                "piece_size",
+                Violation::Inconsistent("cuts the file into more than 65 536 pieces"),
+            ));
+        }
         if self.piece_sha256.len() as u64 != pieces {
             return Err(ValidationError::new(
                 "piece_sha256",

@@ -46,6 +46,12 @@ pub enum ManifestError {
         /// The largest allowed.
         max: u64,
     },
+    /// A piece size the protocol does not allow for this file.
+    #[error(
+        "a piece size of {0} bytes is not allowed: a power of two from 64 KiB to 16 MiB, \
+         at most 65 536 pieces"
+    )]
+    PieceSize(u32),
     /// The reader ended before the size it was said to have.
     #[error("the model file ended after {read} of {expected} bytes")]
     Truncated {
@@ -128,10 +134,10 @@ pub struct Manifest {
 impl Manifest {
     /// Reads a whole file of `file_size` bytes from `reader` and builds its
     /// manifest, with pieces of `piece_size` bytes (default: [`piece_size_for`]).
+    /// The file's name is not part of it: the same bytes are the same model.
     pub fn build(
         mut reader: impl Read,
         file_size: u64,
-        file_name: &str,
         layout: Option<&TensorLayout>,
         piece_size: Option<u32>,
     ) -> Result<Manifest, ManifestError> {
@@ -142,6 +148,13 @@ impl Manifest {
             });
         }
         let piece_size = piece_size.unwrap_or_else(|| piece_size_for(file_size));
+        let allowed = limits::MIN_PIECE_SIZE..=limits::MAX_PIECE_SIZE;
+        if !allowed.contains(&piece_size)
+            || !piece_size.is_power_of_two()
+            || file_size.div_ceil(piece_size.into()) > limits::MAX_PIECES as u64
+        {
+            return Err(ManifestError::PieceSize(piece_size));
+        }
         let mut whole = Sha256::new();
         let mut piece_sha256 = Vec::new();
         let mut buf = vec![0u8; piece_size as usize];
@@ -178,7 +191,6 @@ impl Manifest {
         };
         let proto = pb::ModelManifest {
             version: limits::MANIFEST_VERSION,
-            file_name: file_name.to_owned(),
             file_size,
             file_sha256: whole.finalize().to_vec(),
             piece_size,
@@ -232,11 +244,6 @@ impl Manifest {
     /// Size of the whole file.
     pub fn file_size(&self) -> u64 {
         self.proto.file_size
-    }
-
-    /// The file's advisory name.
-    pub fn file_name(&self) -> &str {
-        &self.proto.file_name
     }
 
     /// Bytes per piece (the last may be shorter).
@@ -373,10 +380,10 @@ mod tests {
     }
 
     #[test]
-    fn the_same_file_gives_the_same_manifest_and_a_different_file_another() {
+    fn the_same_bytes_give_the_same_manifest_and_other_bytes_another() {
         let data = file(300_000);
-        let a = Manifest::build(data.as_slice(), 300_000, "m.gguf", None, None).unwrap();
-        let b = Manifest::build(data.as_slice(), 300_000, "m.gguf", None, None).unwrap();
+        let a = Manifest::build(data.as_slice(), 300_000, None, None).unwrap();
+        let b = Manifest::build(data.as_slice(), 300_000, None, None).unwrap();
         assert_eq!(a.cid(), b.cid());
         assert_eq!(a.bytes(), b.bytes());
         assert_eq!(a.piece_count(), 5); // 64 KiB pieces, the last 37,856 bytes
@@ -384,14 +391,14 @@ mod tests {
         assert!(a.is_file_sha256(&Sha256::digest(&data)));
         let mut other = data.clone();
         other[123_456] ^= 1;
-        let c = Manifest::build(other.as_slice(), 300_000, "m.gguf", None, None).unwrap();
+        let c = Manifest::build(other.as_slice(), 300_000, None, None).unwrap();
         assert_ne!(a.cid(), c.cid());
     }
 
     #[test]
     fn pieces_are_checked_by_size_and_hash() {
         let data = file(200_000);
-        let m = Manifest::build(data.as_slice(), 200_000, "m", None, None).unwrap();
+        let m = Manifest::build(data.as_slice(), 200_000, None, None).unwrap();
         let piece = |i: u32| {
             let r = m.piece_range(i).unwrap();
             data[r.start as usize..r.end as usize].to_vec()
@@ -430,11 +437,11 @@ mod tests {
     #[test]
     fn received_bytes_are_accepted_only_as_the_manifest_they_hash_to() {
         let data = file(100_000);
-        let m = Manifest::build(data.as_slice(), 100_000, "m", None, None).unwrap();
+        let m = Manifest::build(data.as_slice(), 100_000, None, None).unwrap();
         let again = Manifest::from_bytes(m.cid(), m.bytes().to_vec()).unwrap();
         assert_eq!(again.proto(), m.proto());
 
-        let other = Manifest::build(&data[..90_000], 90_000, "m", None, None).unwrap();
+        let other = Manifest::build(&data[..90_000], 90_000, None, None).unwrap();
         assert!(matches!(
             Manifest::from_bytes(m.cid(), other.bytes().to_vec()),
             Err(ManifestError::WrongCid { .. })
@@ -460,23 +467,25 @@ mod tests {
     }
 
     #[test]
-    fn a_short_reader_or_an_empty_file_is_an_error() {
+    fn a_short_reader_an_empty_file_or_a_bad_piece_size_is_an_error() {
         let data = file(1000);
         assert!(matches!(
-            Manifest::build(data.as_slice(), 2000, "m", None, None),
+            Manifest::build(data.as_slice(), 2000, None, None),
             Err(ManifestError::Truncated {
                 read: 0,
                 expected: 2000
             })
         ));
         assert!(matches!(
-            Manifest::build(data.as_slice(), 0, "m", None, None),
+            Manifest::build(data.as_slice(), 0, None, None),
             Err(ManifestError::FileSize { size: 0, .. })
         ));
-        assert!(matches!(
-            Manifest::build(data.as_slice(), 1000, "../m", None, None),
-            Err(ManifestError::Invalid(_))
-        ));
+        for bad in [0, 1000, 32 * 1024, 32 << 20, u32::MAX] {
+            assert!(matches!(
+                Manifest::build(data.as_slice(), 1000, None, Some(bad)),
+                Err(ManifestError::PieceSize(b)) if b == bad
+            ));
+        }
     }
 
     #[test]
@@ -495,7 +504,7 @@ mod tests {
         };
         let size = 1110 + 4 * k;
         let data = file(size as usize);
-        let m = Manifest::build(data.as_slice(), size, "m.gguf", Some(&layout), None).unwrap();
+        let m = Manifest::build(data.as_slice(), size, Some(&layout), None).unwrap();
         assert_eq!(m.piece_count(), 5);
         let layers: Vec<_> = m
             .proto()

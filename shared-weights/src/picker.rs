@@ -57,7 +57,7 @@ impl Default for PickerConfig {
 }
 
 /// What became of a piece a peer sent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PieceOutcome {
     /// Verified and kept: write it.
     Accepted,
@@ -65,8 +65,10 @@ pub enum PieceOutcome {
     Unexpected,
     /// Failed its hash: the peer got a strike, the piece goes elsewhere.
     Rejected {
-        /// The peer reached [`PickerConfig::max_strikes`] and is dropped.
-        dropped: bool,
+        /// When the peer reached [`PickerConfig::max_strikes`]: it is dropped
+        /// for good, and these, its other outstanding requests, are freed
+        /// (for the caller to cancel).
+        dropped: Option<Vec<u32>>,
     },
 }
 
@@ -96,6 +98,8 @@ pub struct Picker<P> {
     failed_from: HashMap<u32, BTreeSet<P>>,
     /// Pieces accepted, and from whom (for tests and reports).
     sources: HashMap<u32, P>,
+    /// Peers dropped for bad pieces: never providers again in this download.
+    struck_off: BTreeSet<P>,
 }
 
 impl<P: Copy + Ord + std::hash::Hash> Picker<P> {
@@ -119,11 +123,16 @@ impl<P: Copy + Ord + std::hash::Hash> Picker<P> {
             in_flight: HashMap::new(),
             failed_from: HashMap::new(),
             sources: HashMap::new(),
+            struck_off: BTreeSet::new(),
         }
     }
 
-    /// A peer that serves `has` (again: its availability is replaced).
-    pub fn add_provider(&mut self, peer: P, has: Availability) {
+    /// A peer that serves `has` (again: its availability is replaced). A peer
+    /// dropped for bad pieces is not taken back (`false`).
+    pub fn add_provider(&mut self, peer: P, has: Availability) -> bool {
+        if self.struck_off.contains(&peer) {
+            return false;
+        }
         let has = match has {
             Availability::Pieces(set) => {
                 Availability::Pieces(set.into_iter().filter(|p| *p < self.pieces).collect())
@@ -136,6 +145,7 @@ impl<P: Copy + Ord + std::hash::Hash> Picker<P> {
             strikes: 0,
         });
         entry.has = has;
+        true
     }
 
     /// A peer gone: its outstanding pieces are free again, and returned.
@@ -228,10 +238,12 @@ impl<P: Copy + Ord + std::hash::Hash> Picker<P> {
             p.strikes += 1;
             p.strikes
         });
-        let dropped = strikes.is_some_and(|s| s >= self.config.max_strikes);
-        if dropped {
-            self.remove_provider(&peer);
-        }
+        let dropped = strikes
+            .is_some_and(|s| s >= self.config.max_strikes)
+            .then(|| {
+                self.struck_off.insert(peer);
+                self.remove_provider(&peer)
+            });
         PieceOutcome::Rejected { dropped }
     }
 
@@ -390,7 +402,7 @@ mod tests {
         };
         assert_eq!(
             p.on_piece("liar", liar_piece, false),
-            PieceOutcome::Rejected { dropped: false }
+            PieceOutcome::Rejected { dropped: None }
         );
         assert_eq!(
             p.on_piece("honest", honest_piece, true),
@@ -407,17 +419,25 @@ mod tests {
 
     #[test]
     fn a_peer_with_too_many_bad_pieces_is_dropped_and_its_work_goes_elsewhere() {
-        let mut p = picker(4, 2);
+        let mut p = picker(4, 3);
         p.add_provider("liar", all());
         let sent = requests(&mut p, 0);
+        assert_eq!(sent.len(), 3);
         assert_eq!(
             p.on_piece("liar", sent[0].1, false),
-            PieceOutcome::Rejected { dropped: false }
+            PieceOutcome::Rejected { dropped: None }
         );
+        // The second strike drops it; its third request is freed, to cancel.
         assert_eq!(
             p.on_piece("liar", sent[1].1, false),
-            PieceOutcome::Rejected { dropped: true }
+            PieceOutcome::Rejected {
+                dropped: Some(vec![sent[2].1])
+            }
         );
+        assert_eq!(p.providers().count(), 0);
+        assert_eq!(p.in_flight(), 0);
+        // It does not come back by announcing itself again.
+        assert!(!p.add_provider("liar", all()));
         assert_eq!(p.providers().count(), 0);
         assert_eq!(p.next_request(0), None);
         assert_eq!(p.unavailable().len(), 4);

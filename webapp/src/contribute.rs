@@ -142,7 +142,12 @@ impl Scout {
             "misbehave": misbehave,
         }))
         .map_err(|e| format!("the oracle's status does not describe a scout: {e}"))?;
-        node::start(scout_wasm::browser::identity::load_or_create(), options)
+        let key = if misbehave == Fault::None {
+            scout_wasm::browser::identity::load_or_create()
+        } else {
+            scout_wasm::browser::identity::load_or_create_misbehaving()
+        };
+        node::start(key, options)
     }
 
     fn stop(self) {
@@ -208,7 +213,8 @@ pub(crate) fn Contribute() -> impl IntoView {
                     <p class="warn" role="note" data-testid="misbehave">
                         {format!(
                             "This tab misbehaves on purpose (asked by the page's address): {}. \
-                             The oracle's checks should catch it and ban it.",
+                             The oracle's checks should catch it and ban it. It uses a key of \
+                             its own: this browser's scout key is not touched.",
                             match fault {
                                 Fault::Garbage => "it drafts tokens unrelated to the answer",
                                 Fault::WrongKey => "it signs its drafts with a key not its own",

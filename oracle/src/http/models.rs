@@ -223,30 +223,33 @@ pub(super) async fn piece(
         )
         .into_response();
     };
-    let range = match model.manifest.piece_range(index) {
-        Ok(r) => r,
-        Err(e) => {
-            return ApiError {
-                status: StatusCode::NOT_FOUND,
-                code: Some("piece_not_found"),
-                ..ApiError::invalid(e.to_string(), Some("index"))
-            }
-            .into_response();
+    if let Err(e) = model.manifest.piece_range(index) {
+        return ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: Some("piece_not_found"),
+            ..ApiError::invalid(e.to_string(), Some("index"))
         }
-    };
+        .into_response();
+    }
     let digest = &model.manifest.proto().piece_sha256[index as usize];
     let etag = format!("\"{}\"", hex::encode(digest));
     let headers_out = immutable(&etag, "application/octet-stream");
     if names_etag(headers.get(header::IF_NONE_MATCH), &etag) == Some(true) {
         return (StatusCode::NOT_MODIFIED, headers_out).into_response();
     }
-    let path = model.path.clone();
+    // Each read holds a piece (up to 16 MiB) in memory: a few at a time.
+    let Ok(_permit) = PIECE_READS.try_acquire() else {
+        return ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: Some("busy"),
+            retry_after: Some(1),
+            ..ApiError::invalid("this oracle is sending many pieces; try again", None)
+        }
+        .into_response();
+    };
+    let (path, manifest) = (model.path.clone(), model.manifest.clone());
     let read = tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt as _;
-        let file = std::fs::File::open(&path)?;
-        let mut buf = vec![0u8; (range.end - range.start) as usize];
-        file.read_exact_at(&mut buf, range.start)?;
-        Ok::<_, std::io::Error>(buf)
+        crate::weights::read_checked_piece(&path, &manifest, index)
     })
     .await;
     match read {
@@ -254,10 +257,16 @@ pub(super) async fn piece(
             state.metrics.model_bytes_served.inc_by(data.len() as u64);
             (headers_out, data).into_response()
         }
-        Ok(Err(e)) => ApiError::internal(format!("reading the model failed: {e}")).into_response(),
+        Ok(Err(e)) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot serve a piece");
+            ApiError::internal(format!("{e:#}")).into_response()
+        }
         Err(e) => ApiError::internal(format!("reading the model failed: {e}")).into_response(),
     }
 }
+
+/// Piece reads in flight at once, all models together.
+static PIECE_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
 
 #[cfg(test)]
 mod tests {

@@ -1033,6 +1033,8 @@ impl Node {
         };
         let reply = match verdict {
             Ok(()) => {
+                // An earlier refusal (rate limit) no longer closes it.
+                self.refused.remove(&peer);
                 self.handshake_done(peer, &request);
                 pb::HandshakeReply {
                     ack: Some(net::ack_ok()),
@@ -1041,7 +1043,8 @@ impl Node {
             }
             Err(e) => {
                 tracing::info!(%peer, error = %e, "handshake refused");
-                self.refused.insert(peer, Instant::now());
+                // The first refusal starts the grace; more do not extend it.
+                self.refused.entry(peer).or_insert_with(Instant::now);
                 net::refusal(&e)
             }
         };

@@ -30,12 +30,8 @@ pub fn manifest_of(path: &Path) -> anyhow::Result<Manifest> {
     if layout.is_none() {
         tracing::info!(path = %path.display(), "not a GGUF file: its manifest has no tensor layout");
     }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".to_owned());
     let reader = Progress::new(BufReader::with_capacity(1 << 20, file), size);
-    Manifest::build(reader, size, &name, layout.as_ref(), None)
+    Manifest::build(reader, size, layout.as_ref(), None)
         .with_context(|| format!("cannot build the manifest of {}", path.display()))
 }
 
@@ -75,6 +71,54 @@ pub fn manifest_cached(path: &Path, cache_dir: &Path) -> anyhow::Result<Manifest
         tracing::warn!(cache = %cached.display(), error = %e, "cannot cache the manifest");
     }
     Ok(manifest)
+}
+
+/// Piece `index` of the model file at `path`, checked against its manifest
+/// before it goes anywhere: a file changed on disk since the manifest was made
+/// is an error, never bytes sent under the piece's name.
+pub fn read_checked_piece(path: &Path, manifest: &Manifest, index: u32) -> anyhow::Result<Vec<u8>> {
+    let range = manifest.piece_range(index)?;
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut buf = vec![0u8; (range.end - range.start) as usize];
+    read_exact_at(&file, &mut buf, range.start)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    manifest.check_piece(index, &buf).with_context(|| {
+        format!(
+            "{} changed since its manifest was made; restart to serve it again",
+            path.display()
+        )
+    })?;
+    Ok(buf)
+}
+
+/// Fills `buf` from `offset` of `file` without moving a shared cursor.
+pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::{Seek, SeekFrom};
+        let mut file = file;
+        file.seek(SeekFrom::Start(offset))?;
+        file.read_exact(buf)
+    }
+}
+
+/// Writes all of `buf` at `offset` of `file`.
+pub(crate) fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::{Seek, SeekFrom};
+        let mut file = file;
+        file.seek(SeekFrom::Start(offset))?;
+        file.write_all(buf)
+    }
 }
 
 /// The tensor layout of a GGUF file; `None` when it is not one.
@@ -150,8 +194,6 @@ pub struct ManifestJson {
     pub cid: String,
     /// The manifest format.
     pub version: u32,
-    /// File name.
-    pub file_name: String,
     /// File size, bytes.
     pub file_size: u64,
     /// SHA-256 of the file, hex.
@@ -174,7 +216,6 @@ impl From<&Manifest> for ManifestJson {
         ManifestJson {
             cid: m.cid().to_string(),
             version: p.version,
-            file_name: p.file_name.clone(),
             file_size: p.file_size,
             file_sha256: hex::encode(&p.file_sha256),
             piece_size: p.piece_size,
@@ -203,7 +244,7 @@ pub fn print_manifest(path: &Path, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let p = manifest.proto();
-    println!("file          {} ({} bytes)", p.file_name, p.file_size);
+    println!("file          {} ({} bytes)", path.display(), p.file_size);
     println!("sha256        {}", hex::encode(&p.file_sha256));
     println!(
         "pieces        {} of {} KiB",

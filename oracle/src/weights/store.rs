@@ -14,11 +14,12 @@
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use shared_weights::{Manifest, PieceError, resume};
+
+use super::{read_exact_at, write_all_at};
 use thiserror::Error;
 
 /// Why the store cannot go on.
@@ -44,6 +45,13 @@ pub enum StoreError {
     /// wrong; the pieces that fail are dropped to be fetched again.
     #[error("the finished file does not match its SHA-256; {0} pieces will be fetched again")]
     Corrupt(usize),
+    /// Every piece passes its check but the whole file does not: the manifest
+    /// contradicts itself, and fetching again cannot help.
+    #[error("the manifest's pieces do not make its file (its SHA-256 contradicts them)")]
+    BadManifest,
+    /// [`PartFile::finish`] before every piece is here.
+    #[error("{0} pieces are still missing")]
+    Incomplete(usize),
 }
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError + use<> {
@@ -145,9 +153,7 @@ impl PartFile {
     pub fn write_piece(&mut self, index: u32, data: &[u8]) -> Result<(), StoreError> {
         self.manifest.check_piece(index, data)?;
         let offset = self.manifest.piece_range(index)?.start;
-        self.file
-            .write_all_at(data, offset)
-            .map_err(io_error("cannot write to", &self.part))?;
+        write_all_at(&self.file, data, offset).map_err(io_error("cannot write to", &self.part))?;
         self.have.insert(index);
         self.save_record()
     }
@@ -156,8 +162,7 @@ impl PartFile {
     pub fn read_piece(&self, index: u32) -> Result<Vec<u8>, StoreError> {
         let range = self.manifest.piece_range(index)?;
         let mut buf = vec![0u8; (range.end - range.start) as usize];
-        self.file
-            .read_exact_at(&mut buf, range.start)
+        read_exact_at(&self.file, &mut buf, range.start)
             .map_err(io_error("cannot read", &self.part))?;
         Ok(buf)
     }
@@ -166,6 +171,11 @@ impl PartFile {
     /// file its final name. When the check fails, the pieces that fail theirs
     /// are dropped ([`StoreError::Corrupt`]) to be fetched again.
     pub fn finish(&mut self) -> Result<PathBuf, StoreError> {
+        if !self.is_full() {
+            return Err(StoreError::Incomplete(
+                self.manifest.piece_count() as usize - self.have.len(),
+            ));
+        }
         let digest = file_sha256(&self.part)?;
         if !self.manifest.is_file_sha256(&digest) {
             let bad: Vec<u32> = self
@@ -177,6 +187,9 @@ impl PartFile {
                         .map_or(true, |d| self.manifest.check_piece(*p, &d).is_err())
                 })
                 .collect();
+            if bad.is_empty() {
+                return Err(StoreError::BadManifest);
+            }
             for p in &bad {
                 self.have.remove(p);
             }
@@ -186,7 +199,21 @@ impl PartFile {
         self.file
             .sync_all()
             .map_err(io_error("cannot flush", &self.part))?;
-        fs::rename(&self.part, &self.out).map_err(io_error("cannot rename", &self.part))?;
+        // A link, not a rename: a file that appeared at `out` meanwhile is
+        // never replaced.
+        match fs::hard_link(&self.part, &self.out) {
+            Ok(()) => {
+                let _ = fs::remove_file(&self.part);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(StoreError::Occupied(self.out.clone()));
+            }
+            // A file system without links: rename, having looked first.
+            Err(_) if !self.out.exists() => {
+                fs::rename(&self.part, &self.out).map_err(io_error("cannot rename", &self.part))?;
+            }
+            Err(_) => return Err(StoreError::Occupied(self.out.clone())),
+        }
         let _ = fs::remove_file(&self.record);
         Ok(self.out.clone())
     }
@@ -235,7 +262,7 @@ mod tests {
 
     fn model(len: usize) -> (Vec<u8>, Manifest) {
         let data: Vec<u8> = (0..len).map(|i| (i * 31 + i / 977) as u8).collect();
-        let m = Manifest::build(data.as_slice(), len as u64, "m.gguf", None, None).unwrap();
+        let m = Manifest::build(data.as_slice(), len as u64, None, None).unwrap();
         (data, m)
     }
 
@@ -294,6 +321,7 @@ mod tests {
             p.write_piece(9, &bad),
             Err(StoreError::Piece(PieceError::OutOfRange { .. }))
         ));
+        assert!(matches!(p.finish(), Err(StoreError::Incomplete(4))));
         assert!(p.have().is_empty());
         assert!(p.read_piece(1).unwrap().iter().all(|b| *b == 0));
         fs::remove_dir_all(d).unwrap();
@@ -312,13 +340,27 @@ mod tests {
         // Piece 2's bytes go bad on disk behind the record's back.
         let part = with_suffix(&out, ".part");
         let f = OpenOptions::new().write(true).open(&part).unwrap();
-        f.write_all_at(b"x", m.piece_range(2).unwrap().start + 5)
-            .unwrap();
+        write_all_at(&f, b"x", m.piece_range(2).unwrap().start + 5).unwrap();
         let p = partial(&m, &out);
         assert_eq!(p.have(), &BTreeSet::from([0, 3]));
         // A damaged record starts over instead of being believed.
         fs::write(with_suffix(&out, ".part.have"), b"junk").unwrap();
         assert!(partial(&m, &out).have().is_empty());
+        fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_file_that_turns_up_at_the_output_during_the_download_is_kept() {
+        let (data, m) = model(100_000);
+        let d = dir("late");
+        let out = d.join("m.gguf");
+        let mut p = partial(&m, &out);
+        for i in 0..m.piece_count() {
+            p.write_piece(i, &piece(&data, &m, i)).unwrap();
+        }
+        fs::write(&out, b"written meanwhile").unwrap();
+        assert!(matches!(p.finish(), Err(StoreError::Occupied(_))));
+        assert_eq!(fs::read(&out).unwrap(), b"written meanwhile");
         fs::remove_dir_all(d).unwrap();
     }
 
