@@ -865,6 +865,10 @@ fn sha256(field: &str, bytes: &[u8]) -> Checked {
     }
 }
 
+fn piece_index(field: &str, index: u32) -> Checked {
+    int_range(field, index.into(), 0, limits::MAX_PIECES as i64 - 1)
+}
+
 impl Validate for pb::ModelManifest {
     fn validate(&self) -> Checked {
         int_range(
@@ -951,17 +955,8 @@ impl Validate for pb::WeightsRequest {
         cid("model_cid", &self.model_cid)?;
         match self.want {
             None => Err(ValidationError::new("want", Violation::Missing)),
-            Some(pb::weights_request::Want::Piece(i)) if i as usize >= limits::MAX_PIECES => {
-                Err(ValidationError::new(
-                    "piece",
-                    Violation::OutOfRange {
-                        got: i.into(),
-                        min: 0.0,
-                        max: (limits::MAX_PIECES - 1) as f64,
-                    },
-                ))
-            }
-            Some(_) => Ok(()),
+            Some(pb::weights_request::Want::Piece(i)) => piece_index("piece", i),
+            Some(pb::weights_request::Want::Manifest(_)) => Ok(()),
         }
     }
 }
@@ -984,16 +979,7 @@ impl Validate for pb::WeightsResponse {
 
 impl Validate for pb::Piece {
     fn validate(&self) -> Checked {
-        if self.index as usize >= limits::MAX_PIECES {
-            return Err(ValidationError::new(
-                "index",
-                Violation::OutOfRange {
-                    got: self.index.into(),
-                    min: 0.0,
-                    max: (limits::MAX_PIECES - 1) as f64,
-                },
-            ));
-        }
+        piece_index("index", self.index)?;
         required_len("data", self.data.len(), limits::MAX_PIECE_SIZE as usize)
     }
 }

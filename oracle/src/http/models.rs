@@ -53,9 +53,10 @@ pub struct ServedModel {
     /// The file on disk (not sent).
     #[serde(skip)]
     pub path: PathBuf,
-    /// Its manifest (not sent: it is at `manifest_url`).
+    /// Its manifest (not sent: it is at `manifest_url`); shared with the
+    /// piece reads.
     #[serde(skip)]
-    pub manifest: Manifest,
+    pub manifest: Arc<Manifest>,
 }
 
 impl ServedModel {
@@ -77,7 +78,7 @@ impl ServedModel {
             pieces: manifest.piece_count(),
             layers,
             path,
-            manifest,
+            manifest: Arc::new(manifest),
         }
     }
 

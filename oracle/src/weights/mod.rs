@@ -266,3 +266,31 @@ pub fn print_manifest(path: &Path, json: bool) -> anyhow::Result<()> {
     println!("{}", manifest.cid());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_manifest_is_reused_and_a_damaged_one_is_built_again() {
+        let dir = std::env::temp_dir().join(format!("shard-manifest-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("model.bin");
+        std::fs::write(&file, vec![7u8; 150_000]).unwrap();
+        let cache = dir.join("manifests");
+        let first = manifest_cached(&file, &cache).unwrap();
+        let entries: Vec<_> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(entries.len(), 1);
+        assert_eq!(std::fs::read(&entries[0]).unwrap(), first.bytes());
+        assert_eq!(manifest_cached(&file, &cache).unwrap().cid(), first.cid());
+        // A torn cache entry is not believed: the manifest is built again.
+        std::fs::write(&entries[0], b"torn").unwrap();
+        assert_eq!(manifest_cached(&file, &cache).unwrap().cid(), first.cid());
+        assert_eq!(std::fs::read(&entries[0]).unwrap(), first.bytes());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
