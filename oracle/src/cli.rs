@@ -86,6 +86,9 @@ enum Command {
     Scout(crate::scout::ScoutArgs),
     /// Ask an oracle for one completion over p2p (as a leech) and print it.
     Ask(crate::ask::AskArgs),
+    /// Download a model by its content id from the peers that offer it
+    /// (verified piece by piece, resumable); prints the file's path.
+    Fetch(crate::fetch::FetchArgs),
     /// Print a model file's manifest (pieces and their SHA-256) and, as the
     /// last line, the content id that names the model on the network.
     Manifest {
@@ -298,6 +301,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::CreditToken { data_dir, days } => credit_token(data_dir, days),
         Command::Ask(args) => crate::ask::run(args),
         Command::Manifest { path, json } => crate::weights::print_manifest(&path, json),
+        Command::Fetch(args) => {
+            init_logging(serve::LogFormat::Text);
+            crate::fetch::run(args)
+        }
         Command::Scout(args) => {
             init_logging(serve::LogFormat::Text);
             crate::scout::run(args)

@@ -14,15 +14,18 @@
 //! - [`trust`]: reputation, golden-ticket checks, bans, credits, rate limits.
 //! - [`scout`]: `oracle scout`, a desktop scout (the logic is `scout-wasm`'s).
 //! - [`ask`]: `oracle ask`, one completion over p2p as a leech.
-//! - [`weights`]: model files as content-addressed pieces (`oracle manifest`).
+//! - [`weights`]: model files as content-addressed pieces (`oracle manifest`),
+//!   stored and fetched piece by piece.
+//! - [`fetch`]: `oracle fetch`, a model downloaded from the peers that offer it.
 //! - [`cli`]: the command line (`tokenize`, `generate`, `bench`, `serve`, `scout`,
-//!   `ask`, `manifest`, `credit-token`, `network-key`, `certify`).
+//!   `ask`, `fetch`, `manifest`, `credit-token`, `network-key`, `certify`).
 #![deny(missing_docs)]
 
 pub mod ask;
 pub mod chat;
 pub mod cli;
 pub mod engine;
+pub mod fetch;
 pub mod http;
 pub mod metrics;
 pub mod p2p;

@@ -95,6 +95,8 @@ pub struct Metrics {
     pub results_received: Family<ValidLabels, Counter>,
     /// Bytes of model files sent to browsers (`/models/{name}`).
     pub model_bytes_served: Counter,
+    /// Model pieces sent to peers on `/shard/1.0.0/weights`.
+    pub pieces_served_p2p: Counter,
 }
 
 impl Default for Metrics {
@@ -133,6 +135,7 @@ impl Metrics {
             results_published: Counter::default(),
             results_received: Family::default(),
             model_bytes_served: Counter::default(),
+            pieces_served_p2p: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -250,6 +253,11 @@ impl Metrics {
             "shard_model_bytes_served",
             "Bytes of model files sent over HTTP",
             m.model_bytes_served.clone(),
+        );
+        registry.register(
+            "shard_pieces_served_p2p",
+            "Model pieces sent to peers on /shard/1.0.0/weights",
+            m.pieces_served_p2p.clone(),
         );
         Metrics { registry, ..m }
     }

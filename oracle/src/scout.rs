@@ -2,7 +2,7 @@
 //! SIGTERM. The scout's logic is `scout-wasm`'s (the same code runs in a
 //! browser tab); this file only loads the model and the key and starts it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, ensure};
 use libp2p::Multiaddr;
@@ -14,7 +14,8 @@ use shared_model::gguf::Gguf;
 use shared_model::model::Llama;
 
 use crate::p2p::identity;
-use crate::serve::{default_data_dir, default_model_path};
+use crate::serve::default_data_dir;
+use crate::weights::fetch::{self, Destination, FetchConfig, PrintProgress};
 
 /// Draft layers used when neither a draft model nor a layer count is given:
 /// the default model cut short makes a usable draft model.
@@ -26,10 +27,12 @@ pub struct ScoutArgs {
     /// The oracle's p2p address, ending in `/p2p/<peer id>` (its /api/status lists them).
     #[arg(long)]
     pub connect: String,
-    /// The draft model (must share the oracle's vocabulary) [default: the default model].
+    /// The draft model (must share the oracle's vocabulary) [default: the
+    /// one the oracle names, fetched from the network into the data dir].
     #[arg(long)]
     pub draft_model: Option<PathBuf>,
-    /// Use only the first N layers of the draft model [default: 6 with the default model].
+    /// Use only the first N layers of the draft model [default: all of a
+    /// `--draft-model`, 6 of a fetched one].
     #[arg(long)]
     pub draft_layers: Option<usize>,
     /// Where the scout keeps its key [default: the oracle's data dir + /scout].
@@ -48,6 +51,41 @@ pub struct ScoutArgs {
     pub misbehave: Option<String>,
 }
 
+/// Fetches the draft model the oracle at `connect` names (first in its
+/// handshake) into `data_dir/models`, from every peer that offers it; a model
+/// fetched before is checked and used as it is.
+fn fetch_draft_model(
+    runtime: &tokio::runtime::Runtime,
+    connect: &Multiaddr,
+    data_dir: &Path,
+    key: shared_proto::Keypair,
+) -> anyhow::Result<PathBuf> {
+    tracing::info!("no --draft-model: fetching the one the oracle names");
+    let config = FetchConfig::new(
+        None,
+        vec![connect.clone()],
+        Destination::Dir(data_dir.join("models")),
+        data_dir.to_owned(),
+    );
+    let mut progress = PrintProgress::default();
+    let report = runtime
+        .block_on(async {
+            tokio::select! {
+                report = fetch::fetch(config, key, &mut progress) => Some(report),
+                () = crate::serve::shutdown_signal() => None,
+            }
+        })
+        .context("interrupted while fetching the draft model (the verified pieces are kept)")?
+        .context("cannot fetch the draft model")?;
+    tracing::info!(
+        path = %report.path.display(),
+        fetched = report.fetched,
+        resumed = report.resumed,
+        "draft model ready"
+    );
+    Ok(report.path)
+}
+
 /// Runs the scout until a signal.
 pub fn run(args: ScoutArgs) -> anyhow::Result<()> {
     let connect: Multiaddr = args
@@ -62,10 +100,14 @@ pub fn run(args: ScoutArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let key = identity::load_or_create_key(&data_dir)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     let (path, layers) = match args.draft_model {
         Some(p) => (p, args.draft_layers),
         None => (
-            default_model_path(),
+            fetch_draft_model(&runtime, &connect, &data_dir, key.clone())?,
             Some(args.draft_layers.unwrap_or(DEFAULT_DRAFT_LAYERS)),
         ),
     };
@@ -108,10 +150,6 @@ pub fn run(args: ScoutArgs) -> anyhow::Result<()> {
         timeouts: Default::default(),
         model_cid,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let stats = runtime.block_on(native::run(
         key,
         scout,

@@ -147,6 +147,12 @@ pub struct ServeArgs {
     /// draft worse but keep up on slow devices.
     #[arg(long)]
     pub scout_layers: Option<usize>,
+    /// Misbehave on purpose (`corrupt-pieces`: every model piece sent to a
+    /// peer has a byte flipped), to see downloaders' defences at work. For
+    /// tests and demonstrations.
+    #[arg(long, hide = true, value_parser = ["corrupt-pieces"])]
+    #[serde(skip)]
+    pub misbehave: Option<String>,
 }
 
 /// Settings with every default filled in.
@@ -211,6 +217,8 @@ pub struct P2pConfig {
     pub golden_interval: Duration,
     /// Blocks of the scout model browsers load (all when absent).
     pub scout_layers: Option<usize>,
+    /// Serve corrupted model pieces on purpose (`--misbehave corrupt-pieces`).
+    pub corrupt_pieces: bool,
 }
 
 /// Where the p2p node listens unless told otherwise.
@@ -289,6 +297,7 @@ impl ServeArgs {
                     Some(0) => anyhow::bail!("--scout-layers must be at least 1"),
                     layers => layers,
                 },
+                corrupt_pieces: a.misbehave.as_deref() == Some("corrupt-pieces"),
             })
         };
         let draft_layers = a.draft_layers.or(file.draft_layers);
@@ -563,13 +572,30 @@ pub fn start_network(config: &ServeConfig, server: &mut Server) -> anyhow::Resul
     let (Some(p2p), Some(to_network)) = (&config.p2p, server.to_network.take()) else {
         return Ok(());
     };
-    let manifest =
-        crate::weights::manifest_cached(&p2p.scout_model, &config.data_dir.join("manifests"))
-            .with_context(|| {
-                format!("cannot read the scout model {}", p2p.scout_model.display())
-            })?;
+    let manifests = config.data_dir.join("manifests");
+    let manifest = crate::weights::manifest_cached(&p2p.scout_model, &manifests)
+        .with_context(|| format!("cannot read the scout model {}", p2p.scout_model.display()))?;
     let scout_model_cid = manifest.cid().to_bytes();
     let served = http::ServedModel::new(p2p.scout_model.clone(), manifest, p2p.scout_layers);
+    // Peers may fetch both models: scouts the draft, new oracles the target.
+    let target = crate::weights::manifest_cached(&config.model, &manifests)
+        .with_context(|| format!("cannot read the model {}", config.model.display()))?;
+    let offered = p2p::Offered::new(
+        vec![
+            p2p::OfferedModel {
+                path: served.path.clone(),
+                manifest: served.manifest.clone(),
+            },
+            p2p::OfferedModel {
+                path: config.model.clone(),
+                manifest: Arc::new(target),
+            },
+        ],
+        p2p.corrupt_pieces,
+    );
+    if p2p.corrupt_pieces {
+        tracing::warn!("this oracle sends corrupted model pieces on purpose");
+    }
     let _ = server.state.scout_model.set(served);
     let certificate = load_certificate(&config.data_dir)?;
     let ledger_path = config.data_dir.join("trust.redb");
@@ -586,6 +612,7 @@ pub fn start_network(config: &ServeConfig, server: &mut Server) -> anyhow::Resul
         data_dir: config.data_dir.clone(),
         max_connections: 1024,
         scout_model_cid,
+        offered,
         work_ttl_s: 60,
         golden_interval: p2p.golden_interval,
         ledger,

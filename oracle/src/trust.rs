@@ -113,6 +113,18 @@ impl ScoutRecord {
         } else {
             self.golden_failed += 1;
         }
+        self.judged(passed, policy, now_ms)
+    }
+
+    /// A model piece from this peer failed its hash: like a failed check,
+    /// counted as a bad result. Returns the end of a ban it earned.
+    pub fn bad_piece(&mut self, policy: &TrustPolicy, now_ms: u64) -> Option<u64> {
+        self.bad_results += 1;
+        self.judged(false, policy, now_ms)
+    }
+
+    /// Moves the reputation by one check; bans below the threshold.
+    fn judged(&mut self, passed: bool, policy: &TrustPolicy, now_ms: u64) -> Option<u64> {
         let x = if passed { 1.0 } else { 0.0 };
         self.reputation = (1.0 - policy.weight) * self.reputation + policy.weight * x;
         if self.reputation >= policy.threshold {

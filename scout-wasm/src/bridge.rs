@@ -31,6 +31,9 @@ pub enum ModelSource {
     Cache,
     /// Downloaded from the oracle.
     Network,
+    /// Partly from this browser's cache (pieces an earlier visit had
+    /// verified: a download resumed), the rest downloaded.
+    Resumed,
 }
 
 /// The backend the model runs on.
@@ -65,6 +68,10 @@ pub struct ModelOffer {
     pub sha256: String,
     /// Its content id, hex (the handshake names it).
     pub cid: String,
+    /// Where its manifest is: the model then comes as verified pieces, kept
+    /// as they arrive (a reload resumes). Without it, the whole file at `url`.
+    #[serde(default)]
+    pub manifest_url: Option<String>,
     /// Blocks to load (all when absent).
     #[serde(default)]
     pub layers: Option<usize>,
@@ -210,6 +217,18 @@ pub enum FromWorker {
         received: u64,
         /// Expected in all.
         total: u64,
+        /// Pieces verified so far (cached ones included).
+        #[serde(default)]
+        pieces: u32,
+        /// Pieces in all (0 when the model comes whole).
+        #[serde(default)]
+        pieces_total: u32,
+        /// Pieces this browser had from an earlier visit.
+        #[serde(default)]
+        pieces_cached: u32,
+        /// Pieces refused for a bad SHA-256 (and fetched again).
+        #[serde(default)]
+        pieces_refused: u32,
     },
     /// The model is checked and loaded: the scout can claim work.
     Loaded {

@@ -150,7 +150,7 @@ pub async fn run<B: Backend>(
 
 /// libp2p-webrtc dials from the UDP socket of a listener: a node that
 /// connects over WebRTC-direct listens on an ephemeral port first.
-pub(crate) fn listen_for_webrtc<Bh: NetworkBehaviour>(
+pub fn listen_for_webrtc<Bh: NetworkBehaviour>(
     swarm: &mut Swarm<Bh>,
     connect: &Multiaddr,
 ) -> Result<(), ScoutRunError> {
@@ -177,7 +177,7 @@ pub(crate) fn listen_for_webrtc<Bh: NetworkBehaviour>(
 
 /// A swarm with every native transport (TCP, QUIC, WebRTC-direct, DNS,
 /// WebSocket) around the behaviour `behaviour` makes.
-pub(crate) fn build_swarm<Bh: NetworkBehaviour>(
+pub fn build_swarm<Bh: NetworkBehaviour>(
     key: &Keypair,
     timeouts: &NetTimeouts,
     behaviour: impl FnOnce(&Keypair, &NetTimeouts) -> Result<Bh, String>,

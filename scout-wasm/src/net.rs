@@ -25,6 +25,8 @@ pub struct NetTimeouts {
     pub request: Duration,
     /// A p2p completion (a whole answer, queue wait included) fails after this.
     pub completion: Duration,
+    /// A model piece (up to 16 MiB) or manifest fails after this.
+    pub piece: Duration,
     /// A connection whose handshake has not completed is closed after this.
     pub handshake: Duration,
     /// Ping every connection this often.
@@ -55,6 +57,7 @@ impl Default for NetTimeouts {
             idle_connection: Duration::from_secs(300),
             request: Duration::from_secs(10),
             completion: Duration::from_secs(300),
+            piece: Duration::from_secs(30),
             handshake: Duration::from_secs(10),
             ping_interval: Duration::from_secs(10),
             ping_timeout: Duration::from_secs(10),
@@ -79,6 +82,9 @@ pub type VerifyCodec = ShardCodec<pb::DraftRequest, pb::WorkResult>;
 /// `/shard/1.0.0/complete`: [`pb::CompletionRequest`] → [`pb::CompletionResponse`].
 pub type CompleteCodec = ShardCodec<pb::CompletionRequest, pb::CompletionResponse>;
 
+/// `/shard/1.0.0/weights`: [`pb::WeightsRequest`] → [`pb::WeightsResponse`].
+pub type WeightsCodec = ShardCodec<pb::WeightsRequest, pb::WeightsResponse>;
+
 /// A request-response behaviour for `protocol`, in the direction(s) `support`.
 pub fn request_response<Req, Resp>(
     protocol: StreamProtocol,
@@ -91,6 +97,8 @@ where
 {
     let timeout = if protocol == shared_proto::protocol::COMPLETE_PROTOCOL {
         timeouts.completion
+    } else if protocol == shared_proto::protocol::WEIGHTS_PROTOCOL {
+        timeouts.piece
     } else if protocol == shared_proto::protocol::VERIFY_PROTOCOL {
         // A draft round may take as long as its deadline (up to a minute for
         // a slow scout, e.g. WebGPU on a software adapter); the oracle's

@@ -30,6 +30,9 @@ pub enum CidError {
         /// The digest length found.
         len: u8,
     },
+    /// Text that is not hex.
+    #[error("not a hex content id (68 hex digits starting 1220)")]
+    Hex,
 }
 
 impl ContentId {
@@ -88,6 +91,23 @@ impl fmt::Display for ContentId {
     }
 }
 
+impl std::str::FromStr for ContentId {
+    type Err = CidError;
+
+    /// Parses the hex form [`fmt::Display`] writes (`1220` + 64 hex digits).
+    fn from_str(s: &str) -> Result<Self, CidError> {
+        let s = s.trim();
+        if !s.is_ascii() || !s.len().is_multiple_of(2) {
+            return Err(CidError::Hex);
+        }
+        let bytes: Option<Vec<u8>> = (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+            .collect();
+        ContentId::from_bytes(&bytes.ok_or(CidError::Hex)?)
+    }
+}
+
 impl fmt::Debug for ContentId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ContentId({self})")
@@ -97,6 +117,15 @@ impl fmt::Debug for ContentId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hex_form_parses_back() {
+        let id = ContentId::digest(b"model");
+        assert_eq!(id.to_string().parse::<ContentId>(), Ok(id));
+        assert_eq!("12zz".parse::<ContentId>(), Err(CidError::Hex));
+        assert_eq!("1220ab".parse::<ContentId>(), Err(CidError::Length(3)));
+        assert_eq!("é".parse::<ContentId>(), Err(CidError::Hex));
+    }
 
     #[test]
     fn digest_matches_the_published_sha256_of_abc() {

@@ -13,6 +13,8 @@
 //! - [`picker`]: which piece to ask which peer for next — rarest first, a
 //!   deadline per request, a retry elsewhere, strikes for peers that send bad
 //!   pieces.
+//! - [`progress`]: bytes, pieces, rate and ETA for progress bars and events,
+//!   and the bandwidth cap.
 //! - [`resume`]: the record of verified pieces a download keeps on disk, so a
 //!   killed download starts again where it stopped.
 //!
@@ -23,7 +25,9 @@
 
 pub mod manifest;
 pub mod picker;
+pub mod progress;
 pub mod resume;
 
 pub use manifest::{Manifest, ManifestError, PieceError, TensorLayout, piece_size_for};
 pub use picker::{Availability, Picker, PickerConfig, PieceOutcome};
+pub use progress::{Meter, Progress, RateCap};

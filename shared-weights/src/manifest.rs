@@ -272,16 +272,30 @@ impl Manifest {
 
     /// Accepts `data` as piece `index` only when it is exactly that piece.
     pub fn check_piece(&self, index: u32, data: &[u8]) -> Result<(), PieceError> {
+        self.check_piece_size(index, data.len())?;
+        self.check_piece_digest(index, Sha256::digest(data).as_slice())
+    }
+
+    /// Checks that `len` bytes is piece `index`'s size: the half of
+    /// [`Manifest::check_piece`] for callers that hash elsewhere (a browser
+    /// hashes with WebCrypto, many times faster than SHA-256 in wasm).
+    pub fn check_piece_size(&self, index: u32, len: usize) -> Result<(), PieceError> {
         let range = self.piece_range(index)?;
         let expected = range.end - range.start;
-        if data.len() as u64 != expected {
+        if len as u64 != expected {
             return Err(PieceError::WrongSize {
                 index,
-                got: data.len(),
+                got: len,
                 expected,
             });
         }
-        if Sha256::digest(data).as_slice() != self.proto.piece_sha256[index as usize] {
+        Ok(())
+    }
+
+    /// Checks that `digest` is piece `index`'s SHA-256: the other half.
+    pub fn check_piece_digest(&self, index: u32, digest: &[u8]) -> Result<(), PieceError> {
+        self.piece_range(index)?;
+        if digest != self.proto.piece_sha256[index as usize] {
             return Err(PieceError::WrongHash { index });
         }
         Ok(())

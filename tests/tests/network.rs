@@ -9,48 +9,12 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-
-/// The tests here each start an oracle and scouts (model-running processes):
-/// one at a time, so they do not starve each other of the machine's cores.
-fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The `oracle` binary cargo built beside this test.
-fn oracle_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join(format!("oracle{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "{} is missing: `cargo test --workspace` builds it (or `cargo build -p oracle`)",
-        bin.display()
-    );
-    bin
-}
-
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("shard-net-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use shard_tests::{Proc, one_at_a_time, oracle_bin, temp_dir};
 
 /// Starts `oracle serve` on loopback; returns it, its HTTP address and its
 /// p2p addresses.
@@ -248,7 +212,7 @@ const PROMPTS: [&str; 4] = [
 #[test]
 fn scouts_draft_over_tcp_and_webrtc_and_outputs_equal_the_target_alone() {
     let _serial = one_at_a_time();
-    let dir = temp_dir("oracle");
+    let dir = temp_dir("net", "oracle");
     let (_oracle, addr, p2p) = start_oracle(&dir, &[]);
     let tcp = p2p.iter().find(|a| a.contains("/tcp/")).unwrap().clone();
     let webrtc = p2p
@@ -344,7 +308,7 @@ fn peer_id_in(dir: &std::path::Path) -> String {
 #[test]
 fn misbehaving_scouts_are_banned_by_golden_tickets_and_stay_banned_after_a_restart() {
     let _serial = one_at_a_time();
-    let dir = temp_dir("trust");
+    let dir = temp_dir("net", "trust");
     let fast_tickets = ["--golden-interval-s", "0.5"];
     let (oracle, addr, p2p) = start_oracle(&dir, &fast_tickets);
     // Finished greedy answers are what golden tickets are made of.
@@ -413,7 +377,7 @@ fn misbehaving_scouts_are_banned_by_golden_tickets_and_stay_banned_after_a_resta
 #[test]
 fn certified_results_reach_a_subscriber_that_verifies_them() {
     let _serial = one_at_a_time();
-    let dir = temp_dir("results");
+    let dir = temp_dir("net", "results");
     let network_key = dir.join("network.key");
     let run = |args: &[&str]| {
         let out = Command::new(oracle_bin()).args(args).output().unwrap();
@@ -649,7 +613,7 @@ mod hostile {
 #[test]
 fn hostile_frames_and_floods_harm_no_one_else() {
     let _serial = one_at_a_time();
-    let dir = temp_dir("hostile");
+    let dir = temp_dir("net", "hostile");
     let (_oracle, addr, p2p) = start_oracle(&dir, &[]);
     let tcp = p2p.iter().find(|a| a.contains("/tcp/")).unwrap().clone();
     let _honest = start_scout(&tcp, &dir.join("honest"), &[]);
@@ -771,7 +735,7 @@ fn ask(
 #[test]
 fn contributors_wait_ahead_of_leeches_and_leeches_ask_over_p2p() {
     let _serial = one_at_a_time();
-    let dir = temp_dir("credit");
+    let dir = temp_dir("net", "credit");
     let (_oracle, addr, p2p) = start_oracle(&dir, &["--max-sessions", "1"]);
     let tcp = p2p.iter().find(|a| a.contains("/tcp/")).unwrap().clone();
     let scout_dir = dir.join("scout");
@@ -888,7 +852,7 @@ fn pb_node_type_scout() -> shared_proto::pb::NodeType {
 #[test]
 fn oracles_learn_each_others_scouts_from_the_topology_topic() {
     let _serial = one_at_a_time();
-    let dir = temp_dir("topology");
+    let dir = temp_dir("net", "topology");
     let (_first, _first_http, first_p2p) = start_oracle(&dir.join("first"), &[]);
     let first_tcp = first_p2p.iter().find(|a| a.contains("/tcp/")).unwrap();
     let (_second, second_http, _) = start_oracle(&dir.join("second"), &["--bootstrap", first_tcp]);

@@ -294,9 +294,22 @@ fn ScoutStatus(state: NodeState) -> impl IntoView {
         mib(model.received),
         mib(model.total),
         match model.source {
-            Some(ModelSource::Cache) => ", from this browser's cache",
-            Some(ModelSource::Network) if model.loaded => ", checked (SHA-256)",
-            _ => "",
+            Some(ModelSource::Cache) => ", from this browser's cache".to_owned(),
+            Some(ModelSource::Resumed) if model.loaded => format!(
+                ", {} of {} pieces kept from an earlier visit, every piece checked (SHA-256)",
+                model.pieces_cached, model.pieces_total
+            ),
+            Some(ModelSource::Network) if model.loaded => ", checked (SHA-256)".to_owned(),
+            _ if model.pieces_total > 0 => format!(
+                ", {} of {} pieces checked{}",
+                model.pieces,
+                model.pieces_total,
+                match model.pieces_refused {
+                    0 => String::new(),
+                    n => format!(", {n} refused (bad SHA-256) and fetched again"),
+                }
+            ),
+            _ => String::new(),
         }
     );
     let stats = &state.stats;

@@ -7,9 +7,11 @@ use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{StreamProtocol, connection_limits, gossipsub, identify, mdns, ping};
-use scout_wasm::net::{self, ClaimCodec, CompleteCodec, HandshakeCodec, NetTimeouts, VerifyCodec};
+use scout_wasm::net::{
+    self, ClaimCodec, CompleteCodec, HandshakeCodec, NetTimeouts, VerifyCodec, WeightsCodec,
+};
 use shared_proto::protocol::{
-    CLAIM_PROTOCOL, COMPLETE_PROTOCOL, HANDSHAKE_PROTOCOL, VERIFY_PROTOCOL,
+    CLAIM_PROTOCOL, COMPLETE_PROTOCOL, HANDSHAKE_PROTOCOL, VERIFY_PROTOCOL, WEIGHTS_PROTOCOL,
 };
 
 /// Kademlia's protocol id on the Shard network (its own DHT, not IPFS's).
@@ -38,7 +40,15 @@ pub struct OracleBehaviour {
     pub verify: request_response::Behaviour<VerifyCodec>,
     /// Leeches asking for answers.
     pub complete: request_response::Behaviour<CompleteCodec>,
+    /// Manifests and pieces of the models we offer.
+    pub weights: request_response::Behaviour<WeightsCodec>,
 }
+
+/// How often our provider records are published again; they expire after
+/// [`PROVIDER_TTL`], so a peer that stops offering drops out of the DHT.
+pub(super) const PROVIDER_REPUBLISH: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How long a provider record lives without being published again.
+pub(super) const PROVIDER_TTL: std::time::Duration = std::time::Duration::from_secs(4 * 3600);
 
 impl OracleBehaviour {
     /// The behaviour for `key`.
@@ -51,6 +61,8 @@ impl OracleBehaviour {
         let peer = key.public().to_peer_id();
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         kad_config.set_query_timeout(timeouts.request * 3);
+        kad_config.set_provider_publication_interval(Some(PROVIDER_REPUBLISH));
+        kad_config.set_provider_record_ttl(Some(PROVIDER_TTL));
         let mut kad = kad::Behaviour::with_config(peer, MemoryStore::new(peer), kad_config);
         kad.set_mode(Some(kad::Mode::Server));
         let mdns = if mdns_on {
@@ -77,6 +89,7 @@ impl OracleBehaviour {
             claim: net::request_response(CLAIM_PROTOCOL, ProtocolSupport::Inbound, timeouts),
             verify: net::request_response(VERIFY_PROTOCOL, ProtocolSupport::Outbound, timeouts),
             complete: net::request_response(COMPLETE_PROTOCOL, ProtocolSupport::Inbound, timeouts),
+            weights: net::request_response(WEIGHTS_PROTOCOL, ProtocolSupport::Inbound, timeouts),
         })
     }
 }

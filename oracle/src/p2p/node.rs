@@ -17,7 +17,7 @@ use scout_wasm::wire::params_to_wire;
 use serde::Serialize;
 use shared_proto::protocol::{
     CLAIM_PROTOCOL, COMPLETE_PROTOCOL, HANDSHAKE_PROTOCOL, TOPOLOGY_TOPIC, VERIFY_PROTOCOL,
-    WORK_RESULT_TOPIC, WORK_TOPIC,
+    WEIGHTS_PROTOCOL, WORK_RESULT_TOPIC, WORK_TOPIC,
 };
 use shared_proto::{PublicKey, ReplayWindow, Signed, Validate, check_fresh, frame, pb};
 use thiserror::Error;
@@ -29,6 +29,7 @@ use super::identity::{self, IdentityError};
 use super::results;
 use super::topology::{NetworkNode, TopologyBook, role_name};
 use super::webrtc::{self, BrowserGate};
+use super::weights::{Offered, Reply};
 use crate::engine::{ClaimGrant, EngineHandle, ToNetwork};
 use crate::metrics::Metrics;
 use crate::scheduler::SessionId;
@@ -53,6 +54,9 @@ pub struct NetConfig {
     pub max_connections: u32,
     /// Content id of the draft model scouts must hold.
     pub scout_model_cid: Vec<u8>,
+    /// The model files served on `/shard/1.0.0/weights` and announced in the
+    /// DHT (the scout model first).
+    pub offered: Offered,
     /// Seconds a work announcement stays valid.
     pub work_ttl_s: u32,
     /// How often a golden ticket is slipped to the scouts.
@@ -170,6 +174,9 @@ pub fn start(
             .subscribe(&IdentTopic::new(topic))
             .map_err(|e| NetError::Build(e.to_string()))?;
     }
+    for cid in config.offered.cids() {
+        provide(&mut swarm, cid);
+    }
     let peer_id = key.public().to_peer_id();
     if let Ok(mut v) = view.write() {
         v.peer_id = peer_id.to_string();
@@ -185,6 +192,7 @@ pub fn start(
     let node = Node {
         completions,
         completions_done: mpsc::channel(256),
+        weights_done: mpsc::channel(64),
         key,
         peer_id,
         swarm,
@@ -217,6 +225,9 @@ pub fn start(
         peer_limits: RateLimiter::new(60, 20, 65_536),
         ip_limits: RateLimiter::new(120, 40, 65_536),
         gossip_limits: RateLimiter::new(60_000, 1_000, 65_536),
+        // Against floods only: a fast downloader asks for a few hundred
+        // pieces a second at most.
+        weights_limits: RateLimiter::new(120_000, 2_000, 65_536),
         credits: HashMap::new(),
     };
     Ok(tokio::spawn(node.run(from_engine)))
@@ -267,6 +278,18 @@ fn build_swarm(
     Ok(swarm)
 }
 
+/// Announces in the DHT that we serve the model `cid` (libp2p republishes
+/// it every [`super::behaviour::PROVIDER_REPUBLISH`]).
+fn provide(swarm: &mut Swarm<OracleBehaviour>, cid: &[u8]) {
+    if let Err(e) = swarm
+        .behaviour_mut()
+        .kad
+        .start_providing(kad::RecordKey::new(&cid))
+    {
+        tracing::warn!(error = %e, "cannot announce a model in the DHT");
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -296,6 +319,7 @@ struct Round {
 }
 
 type ClaimDone = (ResponseChannel<pb::ClaimResponse>, pb::ClaimResponse);
+type WeightsDone = (ResponseChannel<pb::WeightsResponse>, pb::WeightsResponse);
 type CompletionDone = (
     ResponseChannel<pb::CompletionResponse>,
     pb::CompletionResponse,
@@ -334,6 +358,8 @@ struct Node {
     /// Leeches' completions.
     completions: Completions,
     completions_done: (mpsc::Sender<CompletionDone>, mpsc::Receiver<CompletionDone>),
+    /// Pieces read from disk, to send.
+    weights_done: (mpsc::Sender<WeightsDone>, mpsc::Receiver<WeightsDone>),
     tickets: TicketBook,
     /// Announced golden tickets: who claimed each already.
     golden_work: HashMap<Vec<u8>, (Ticket, Instant, HashSet<PeerId>)>,
@@ -345,6 +371,8 @@ struct Node {
     peer_limits: RateLimiter<PeerId>,
     ip_limits: RateLimiter<std::net::IpAddr>,
     gossip_limits: RateLimiter<PeerId>,
+    /// Weights requests (a piece is a disk read): per peer.
+    weights_limits: RateLimiter<PeerId>,
     /// Credits not yet written to the ledger.
     credits: HashMap<PeerId, u64>,
 }
@@ -368,6 +396,12 @@ impl Node {
                 }
                 Some((channel, response)) = self.completions_done.1.recv() => {
                     let _ = self.swarm.behaviour_mut().complete.send_response(channel, response);
+                }
+                Some((channel, response)) = self.weights_done.1.recv() => {
+                    if matches!(response.answer, Some(pb::weights_response::Answer::Piece(_))) {
+                        self.metrics.pieces_served_p2p.inc();
+                    }
+                    let _ = self.swarm.behaviour_mut().weights.send_response(channel, response);
                 }
                 _ = tick.tick() => self.tick(),
             }
@@ -591,12 +625,13 @@ impl Node {
                 CLAIM_PROTOCOL,
                 VERIFY_PROTOCOL,
                 COMPLETE_PROTOCOL,
+                WEIGHTS_PROTOCOL,
             ]
             .iter()
             .map(|p| p.to_string())
             .collect(),
             hardware_info: Some(net::local_hardware()),
-            model_cids: vec![self.config.scout_model_cid.clone()],
+            model_cids: self.model_cids(),
         };
         let mut nodes = vec![me];
         for (id, peer) in self.peers.iter().take(1000) {
@@ -847,11 +882,64 @@ impl Node {
                 CLAIM_PROTOCOL,
                 VERIFY_PROTOCOL,
                 COMPLETE_PROTOCOL,
+                WEIGHTS_PROTOCOL,
             ],
             Some(net::local_hardware()),
-            vec![self.config.scout_model_cid.clone()],
+            self.model_cids(),
             self.config.certificate.clone(),
         )
+    }
+
+    /// The models we hold, as handshakes and topology reports list them: the
+    /// draft model scouts need first.
+    fn model_cids(&self) -> Vec<Vec<u8>> {
+        let mut cids = vec![self.config.scout_model_cid.clone()];
+        for cid in self.config.offered.cids() {
+            if !cids.contains(cid) {
+                cids.push(cid.clone());
+            }
+        }
+        cids.truncate(shared_proto::limits::MAX_MODELS);
+        cids
+    }
+
+    /// A peer asks for a manifest or a piece: after its handshake, within
+    /// the rate limit; a piece is read off the event loop.
+    fn weights(
+        &mut self,
+        peer: PeerId,
+        request: pb::WeightsRequest,
+        channel: ResponseChannel<pb::WeightsResponse>,
+    ) {
+        let known = self.peers.get(&peer).is_some_and(|p| p.role.is_some());
+        let refuse = |code: &str, why: &str| pb::WeightsResponse {
+            answer: Some(pb::weights_response::Answer::Refused(net::ack_error(
+                code, why,
+            ))),
+        };
+        let reply = if !self.weights_limits.allow(&peer, now_ms()) {
+            Reply::Now(refuse("UNAVAILABLE", "too many requests: slow down"))
+        } else if !known {
+            Reply::Now(refuse("PERMISSION_DENIED", "handshake first"))
+        } else {
+            self.config.offered.reply(&request)
+        };
+        match reply {
+            Reply::Now(response) => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .weights
+                    .send_response(channel, response);
+            }
+            Reply::Read(read) => {
+                let done = self.weights_done.0.clone();
+                tokio::spawn(async move {
+                    let response = read.run().await;
+                    let _ = done.send((channel, response)).await;
+                });
+            }
+        }
     }
 
     fn behaviour(&mut self, event: OracleBehaviourEvent) {
@@ -909,6 +997,17 @@ impl Node {
             OracleBehaviourEvent::Complete(Rr::InboundFailure { peer, error, .. }) => {
                 tracing::debug!(%peer, %error, "bad completion request");
             }
+            OracleBehaviourEvent::Weights(Rr::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            }) => self.weights(peer, request, channel),
+            OracleBehaviourEvent::Weights(Rr::InboundFailure { peer, error, .. }) => {
+                tracing::debug!(%peer, %error, "bad weights request");
+            }
             OracleBehaviourEvent::Verify(Rr::Message {
                 peer,
                 message:
@@ -963,10 +1062,15 @@ impl Node {
                 if let Some(p) = self.peers.get_mut(&peer_id) {
                     p.agent = Some(info.agent_version.chars().take(128).collect());
                 }
-                // Only routable addresses go into the DHT: a peer cannot make
-                // us advertise loopback or unspecified addresses of its own.
+                // Only routable addresses go into the DHT (a peer cannot make
+                // us advertise loopback or unspecified addresses of its own),
+                // or loopback ones of a peer on this very machine.
+                let local = self
+                    .peers
+                    .get(&peer_id)
+                    .is_some_and(|p| is_loopback(&p.address));
                 for addr in info.listen_addrs.iter().take(16) {
-                    if is_dialable(addr) {
+                    if is_dialable(addr) || (local && is_loopback(addr)) {
                         self.swarm
                             .behaviour_mut()
                             .kad
@@ -978,7 +1082,14 @@ impl Node {
                 result: kad::QueryResult::Bootstrap(result),
                 ..
             }) => match result {
-                Ok(_) => self.bootstrap_backoff.reset(),
+                Ok(_) => {
+                    self.bootstrap_backoff.reset();
+                    // Our records go to the peers closest to each model now
+                    // that we know them.
+                    for cid in self.config.offered.cids().to_vec() {
+                        provide(&mut self.swarm, &cid);
+                    }
+                }
                 Err(e) => {
                     let delay = self.bootstrap_backoff.next_delay();
                     tracing::warn!(error = ?e, retry_in_s = delay.as_secs(), "bootstrap failed");
@@ -1358,6 +1469,11 @@ fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
         Protocol::Ip6(ip) => Some(ip.into()),
         _ => None,
     }
+}
+
+/// Whether `addr` is a loopback address.
+fn is_loopback(addr: &Multiaddr) -> bool {
+    ip_of(addr).is_some_and(|ip| ip.is_loopback())
 }
 
 /// Whether `addr` is worth putting in the DHT: not loopback, unspecified or

@@ -4,7 +4,10 @@
 //!
 //! - [`store`]: a download on disk — pieces into `OUT.part`, the record of
 //!   verified pieces beside it, the final check and rename.
+//! - [`fetch`]: the downloader — a model from every peer that offers it
+//!   (`oracle fetch`, and a scout without a model).
 
+pub mod fetch;
 pub mod store;
 
 use std::fs::File;
@@ -72,6 +75,10 @@ pub fn manifest_cached(path: &Path, cache_dir: &Path) -> anyhow::Result<Manifest
     }
     Ok(manifest)
 }
+
+/// Piece reads in flight at once, all models and both routes (HTTP, p2p)
+/// together: each holds a piece (up to 16 MiB) in memory.
+pub static PIECE_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
 
 /// Piece `index` of the model file at `path`, checked against its manifest
 /// before it goes anywhere: a file changed on disk since the manifest was made

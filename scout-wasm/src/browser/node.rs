@@ -71,6 +71,14 @@ pub struct ModelState {
     pub received: u64,
     /// Bytes in all.
     pub total: u64,
+    /// Pieces verified so far (0 when the model comes whole).
+    pub pieces: u32,
+    /// Pieces in all.
+    pub pieces_total: u32,
+    /// Pieces found in this browser's cache (a resumed download).
+    pub pieces_cached: u32,
+    /// Pieces refused for a bad SHA-256 and fetched again.
+    pub pieces_refused: u32,
     /// Checked and loaded.
     pub loaded: bool,
     /// Milliseconds from the start to loaded.
@@ -574,9 +582,20 @@ impl Node {
                 }
             }
             FromWorker::Probe { .. } => {}
-            FromWorker::Progress { received, total } => self.update(|s| {
+            FromWorker::Progress {
+                received,
+                total,
+                pieces,
+                pieces_total,
+                pieces_cached,
+                pieces_refused,
+            } => self.update(|s| {
                 s.model.received = received;
                 s.model.total = total;
+                s.model.pieces = pieces;
+                s.model.pieces_total = pieces_total;
+                s.model.pieces_cached = pieces_cached;
+                s.model.pieces_refused = pieces_refused;
             }),
             FromWorker::Backend {
                 kind,

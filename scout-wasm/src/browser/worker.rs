@@ -273,10 +273,14 @@ async fn start_scout(
         .ok()
         .and_then(|bytes| Keypair::from_protobuf_encoding(&bytes).ok())
         .ok_or_else(|| FromWorker::error("message", "the scout key does not decode"))?;
-    let obtained = super::model_store::obtain(offer, |received| {
+    let obtained = super::model_store::obtain(offer, |f| {
         post(&FromWorker::Progress {
-            received,
+            received: f.received,
             total: offer.size,
+            pieces: f.pieces,
+            pieces_total: f.pieces_total,
+            pieces_cached: f.pieces_cached,
+            pieces_refused: f.pieces_refused,
         });
     })
     .await?;

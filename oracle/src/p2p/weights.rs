@@ -1,0 +1,141 @@
+//! `/shard/1.0.0/weights` on the oracle: the manifests and pieces of the
+//! models it offers (its target and the draft model scouts hold), to peers
+//! that completed a handshake.
+//!
+//! Answers that need no disk (a manifest, a refusal) are made at once; a
+//! piece is read off the event loop, a few at a time (the same bound as the
+//! HTTP piece route), and checked against its manifest before it leaves: a
+//! file changed on disk is refused, never sent under the piece's name.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use scout_wasm::net;
+use shared_proto::pb;
+use shared_proto::pb::weights_request::Want;
+use shared_proto::pb::weights_response::Answer;
+use shared_weights::Manifest;
+
+/// A model file this oracle offers.
+#[derive(Debug, Clone)]
+pub struct OfferedModel {
+    /// The file.
+    pub path: PathBuf,
+    /// Its manifest.
+    pub manifest: Arc<Manifest>,
+}
+
+/// Every model offered, by content id.
+#[derive(Debug, Clone, Default)]
+pub struct Offered {
+    /// In the order given: the handshake lists the scout model first.
+    order: Vec<Vec<u8>>,
+    models: HashMap<Vec<u8>, OfferedModel>,
+    /// Flip a byte of every piece sent: a peer that lies, for tests of the
+    /// downloaders' defences (`oracle serve --misbehave corrupt-pieces`).
+    corrupt: bool,
+}
+
+/// What to do with a request.
+pub enum Reply {
+    /// Answer with this now.
+    Now(pb::WeightsResponse),
+    /// Read this piece, then answer.
+    Read(PieceRead),
+}
+
+/// A piece to read from disk.
+pub struct PieceRead {
+    model: OfferedModel,
+    index: u32,
+    corrupt: bool,
+}
+
+fn refused(code: &str, why: &str) -> pb::WeightsResponse {
+    pb::WeightsResponse {
+        answer: Some(Answer::Refused(net::ack_error(code, why))),
+    }
+}
+
+impl Offered {
+    /// Offers `models` (the first is the one scouts draft with); the same
+    /// file named twice is offered once.
+    pub fn new(models: Vec<OfferedModel>, corrupt: bool) -> Self {
+        let mut offered = Offered {
+            corrupt,
+            ..Default::default()
+        };
+        for m in models {
+            let cid = m.manifest.cid().to_bytes();
+            if !offered.models.contains_key(&cid) {
+                offered.order.push(cid.clone());
+                offered.models.insert(cid, m);
+            }
+        }
+        offered
+    }
+
+    /// Content ids of the models offered, the scout model first.
+    pub fn cids(&self) -> &[Vec<u8>] {
+        &self.order
+    }
+
+    /// How to answer `request`.
+    pub fn reply(&self, request: &pb::WeightsRequest) -> Reply {
+        let Some(model) = self.models.get(&request.model_cid) else {
+            return Reply::Now(refused("NOT_FOUND", "this peer offers no such model"));
+        };
+        match request.want {
+            Some(Want::Manifest(_)) => Reply::Now(pb::WeightsResponse {
+                answer: Some(Answer::Manifest(model.manifest.bytes().to_vec())),
+            }),
+            Some(Want::Piece(index)) => match model.manifest.piece_range(index) {
+                Ok(_) => Reply::Read(PieceRead {
+                    model: model.clone(),
+                    index,
+                    corrupt: self.corrupt,
+                }),
+                Err(e) => Reply::Now(refused("NOT_FOUND", &e.to_string())),
+            },
+            None => Reply::Now(refused("INVALID_ARGUMENT", "ask for a manifest or a piece")),
+        }
+    }
+}
+
+impl PieceRead {
+    /// Reads and checks the piece (waiting for a read slot) and makes the answer.
+    pub async fn run(self) -> pb::WeightsResponse {
+        let Ok(_permit) = crate::weights::PIECE_READS.acquire().await else {
+            return refused("UNAVAILABLE", "shutting down");
+        };
+        let PieceRead {
+            model,
+            index,
+            corrupt,
+        } = self;
+        let read = tokio::task::spawn_blocking(move || {
+            crate::weights::read_checked_piece(&model.path, &model.manifest, index)
+        })
+        .await;
+        match read {
+            Ok(Ok(mut data)) => {
+                let at = index as usize % data.len().max(1);
+                if corrupt && let Some(b) = data.get_mut(at) {
+                    *b ^= 0x5a;
+                }
+                pb::WeightsResponse {
+                    answer: Some(Answer::Piece(pb::Piece { index, data })),
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot serve a piece");
+                refused("INTERNAL", "this peer cannot read that piece now")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading a piece failed");
+                refused("INTERNAL", "this peer cannot read that piece now")
+            }
+        }
+    }
+}
