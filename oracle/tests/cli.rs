@@ -468,6 +468,45 @@ fn network_commands_refuse_bad_input_clearly() {
             ],
             "stop[0]",
         ),
+        (
+            vec![
+                "fetch",
+                "xyz",
+                "--bootstrap",
+                "/ip4/127.0.0.1/tcp/1",
+                "--out",
+                g,
+            ],
+            "is not a model content id",
+        ),
+        (
+            vec!["fetch", CID, "--bootstrap", "nonsense", "--out", g],
+            "is not a multiaddr",
+        ),
+        (
+            vec![
+                "fetch",
+                CID,
+                "--bootstrap",
+                "/ip4/127.0.0.1/tcp/1",
+                "--out",
+                d,
+            ],
+            "is a directory",
+        ),
+        (
+            vec![
+                "fetch",
+                CID,
+                "--bootstrap",
+                "/ip4/127.0.0.1/tcp/1",
+                "--out",
+                g,
+                "--data-dir",
+                d,
+            ],
+            "does not end in /p2p/",
+        ),
         // No scout key there: a new one would have no credit.
         (vec!["credit-token", "--data-dir", e], "no scout key at"),
         (
@@ -480,8 +519,24 @@ fn network_commands_refuse_bad_input_clearly() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+    // A rate that is not one is refused before anything starts.
+    let out = oracle(&[
+        "fetch",
+        CID,
+        "--bootstrap",
+        "/ip4/127.0.0.1/tcp/1",
+        "--out",
+        g,
+        "--max-rate",
+        "fast",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a rate like 20M"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A well-formed model content id no peer offers.
+const CID: &str = "1220abababababababababababababababababababababababababababababababab";
 
 #[test]
 fn manifest_names_the_model_by_content_id_and_is_deterministic() {

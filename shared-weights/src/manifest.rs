@@ -446,6 +446,16 @@ mod tests {
                 pieces: 4
             })
         );
+        // The two halves, for callers that hash elsewhere.
+        let digest = Sha256::digest(piece(3));
+        assert_eq!(m.check_piece_size(3, piece(3).len()), Ok(()));
+        assert_eq!(m.check_piece_digest(3, &digest), Ok(()));
+        assert_eq!(
+            m.check_piece_digest(2, &digest),
+            Err(PieceError::WrongHash { index: 2 })
+        );
+        assert!(m.check_piece_digest(4, &digest).is_err());
+        assert!(m.check_piece_size(3, piece(3).len() + 1).is_err());
     }
 
     #[test]

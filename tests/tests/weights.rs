@@ -103,12 +103,18 @@ fn http_get(addr: &str, path: &str) -> String {
     response.split_once("\r\n\r\n").unwrap().1.to_owned()
 }
 
-/// The oracle's count of pieces it sent over p2p (`/metrics`).
-fn pieces_served(oracle: &Oracle) -> u64 {
+/// The sum of the oracle's Prometheus metric `name` over its labels.
+fn metric(oracle: &Oracle, name: &str) -> u64 {
     http_get(&oracle.http, "/metrics")
         .lines()
-        .find_map(|l| l.strip_prefix("shard_pieces_served_p2p_total "))
-        .map_or(0, |v| v.trim().parse().unwrap())
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// The oracle's count of pieces it sent over p2p.
+fn pieces_served(oracle: &Oracle) -> u64 {
+    metric(oracle, "shard_pieces_served_p2p_total")
 }
 
 fn peer_id(oracle: &Oracle) -> String {
@@ -399,6 +405,20 @@ fn a_killed_download_resumes_without_fetching_verified_pieces_again() {
     let (fetch, lines) = start_fetch(&second.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(finish(fetch, &lines, Duration::from_secs(60)));
     assert_eq!(pieces_served(&oracle) - served_before, fetched);
+
+    // A destination that cannot be written is a clear error, not a panic.
+    let output = Command::new(oracle_bin())
+        .args(["fetch", &cid, "--bootstrap", &oracle.p2p])
+        .args(["--out", "/proc/shard-nowhere/model.gguf", "--data-dir"])
+        .arg(&fetcher)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot create /proc/shard-nowhere"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -428,5 +448,63 @@ fn a_model_nobody_offers_fails_clearly() {
     assert!(!output.status.success());
     assert!(stderr.contains("no peer offers model"), "{stderr}");
     assert!(!out.exists() && !dir.join("model.gguf.part").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_scout_without_a_model_fetches_the_announced_one_and_drafts() {
+    let _serial = one_at_a_time();
+    let dir = temp_dir("weights", "scout");
+    let oracle = start_oracle(
+        &dir.join("oracle"),
+        &["--layers", "30", "--draft-deadline-ms", "2000"],
+    );
+    let scout_dir = dir.join("scout");
+    let mut child = Command::new(oracle_bin())
+        .args(["scout", "--connect", &oracle.p2p, "--draft-layers", "6"])
+        .arg("--data-dir")
+        .arg(&scout_dir)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = lines_of(child.stderr.take().unwrap());
+    let _scout = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while serde_json::from_str::<Value>(&http_get(&oracle.http, "/api/status")).unwrap()["scouts_connected"]
+        != 1
+    {
+        while let Ok(line) = lines.try_recv() {
+            eprintln!("scout| {line}");
+        }
+        assert!(Instant::now() < deadline, "the scout did not join");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The model it fetched is the oracle's, byte for byte.
+    let fetched = scout_dir
+        .join("models")
+        .join(format!("{}.gguf", model_cid()));
+    assert_eq!(sha256_of(&fetched), expected_sha256());
+    assert_eq!(pieces_served(&oracle), 376);
+
+    let body = serde_json::json!({
+        "prompt": "The capital of France is",
+        "max_tokens": 16,
+        "temperature": 0,
+    });
+    let answer = http_request(&oracle.http, "POST", "/v1/completions", &body.to_string());
+    assert!(answer.contains("\"text\""), "{answer}");
+    while let Ok(line) = lines.try_recv() {
+        eprintln!("scout| {line}");
+    }
+    assert!(
+        metric(&oracle, "shard_scout_claims_total") >= 1,
+        "the scout claimed nothing"
+    );
+    assert!(
+        metric(&oracle, "shard_scout_draft_tokens_accepted_total") >= 1,
+        "no drafts of the scout were accepted"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

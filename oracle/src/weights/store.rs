@@ -321,6 +321,19 @@ mod tests {
             p.write_piece(9, &bad),
             Err(StoreError::Piece(PieceError::OutOfRange { .. }))
         ));
+        // An oversized piece, and the same piece of another model.
+        let mut long = piece(&data, &m, 1);
+        long.push(0);
+        assert!(matches!(
+            p.write_piece(1, &long),
+            Err(StoreError::Piece(PieceError::WrongSize { index: 1, .. }))
+        ));
+        let other: Vec<u8> = data.iter().map(|b| !b).collect();
+        let other_manifest = Manifest::build(other.as_slice(), 200_000, None, None).unwrap();
+        assert!(matches!(
+            p.write_piece(1, &piece(&other, &other_manifest, 1)),
+            Err(StoreError::Piece(PieceError::WrongHash { index: 1 }))
+        ));
         assert!(matches!(p.finish(), Err(StoreError::Incomplete(4))));
         assert!(p.have().is_empty());
         assert!(p.read_piece(1).unwrap().iter().all(|b| *b == 0));
