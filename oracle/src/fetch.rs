@@ -60,7 +60,10 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
                 'K' => 1u64 << 10,
                 'M' => 1 << 20,
                 'G' => 1 << 30,
-                _ => return Err(format!("`{text}`: unknown unit {c:?} (use K, M or G)")),
+                _ if t[..i].trim().parse::<f64>().is_ok() => {
+                    return Err(format!("`{text}`: unknown unit {c:?} (use K, M or G)"));
+                }
+                _ => return Err(format!("`{text}` is not a rate like 20M or 512K")),
             };
             (&t[..i], scale)
         }
@@ -171,8 +174,8 @@ mod tests {
         assert_eq!(parse_rate("1.5G"), Ok(3 << 29));
         assert_eq!(parse_rate("4096"), Ok(4096));
         assert!(parse_rate("12").is_err());
-        assert!(parse_rate("fast").is_err());
-        assert!(parse_rate("3X").is_err());
+        assert!(parse_rate("fast").unwrap_err().contains("is not a rate"));
+        assert!(parse_rate("3X").unwrap_err().contains("unknown unit"));
         assert!(parse_rate("-5M").is_err());
         assert!(parse_rate("").is_err());
     }

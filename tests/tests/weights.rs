@@ -25,9 +25,15 @@ struct Oracle {
     p2p: String,
 }
 
-/// `oracle serve` with one block of the default model (it serves the whole
-/// file; one block only makes it start fast), on loopback TCP.
+/// `oracle serve` on loopback TCP, with one block of the default model unless
+/// `extra` says `--layers` (it serves the whole file either way; one block
+/// only makes it start fast).
 fn start_oracle(data_dir: &Path, extra: &[&str]) -> Oracle {
+    let layers: &[&str] = if extra.contains(&"--layers") {
+        &[]
+    } else {
+        &["--layers", "1"]
+    };
     let mut child = Command::new(oracle_bin())
         .args([
             "serve",
@@ -36,14 +42,8 @@ fn start_oracle(data_dir: &Path, extra: &[&str]) -> Oracle {
             "--p2p-listen",
             "/ip4/127.0.0.1/tcp/0",
         ])
-        .args([
-            "--layers",
-            "1",
-            "--max-sessions",
-            "1",
-            "--max-batch-tokens",
-            "16",
-        ])
+        .args(layers)
+        .args(["--max-sessions", "1", "--max-batch-tokens", "16"])
         .arg("--web-dir")
         .arg(data_dir.join("no-web-app"))
         .arg("--data-dir")
@@ -92,10 +92,17 @@ fn lines_of(from: impl Read + Send + 'static) -> mpsc::Receiver<String> {
 }
 
 fn http_get(addr: &str, path: &str) -> String {
+    http_request(addr, "GET", path, "")
+}
+
+/// One HTTP/1.1 request; the body of the answer.
+fn http_request(addr: &str, method: &str, path: &str, body: &str) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut response = String::new();
