@@ -30,11 +30,13 @@ pub struct FetchArgs {
     /// Requests in flight to one peer at a time.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub per_peer: u32,
-    /// Seconds a piece may take before it is asked of another peer.
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    /// Seconds a piece may take before it is asked again (of another peer
+    /// when there is one).
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub piece_timeout_s: u64,
-    /// Give up after this many seconds without a verified piece.
-    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Give up after this many seconds without a verified piece (longer when
+    /// --max-rate makes one piece take longer).
+    #[arg(long, default_value_t = 180, value_parser = clap::value_parser!(u64).range(1..))]
     pub stall_timeout_s: u64,
     /// Where the key and the ledger of peers (who sent bad pieces) live
     /// [default: the oracle's data dir + /fetch].
@@ -115,8 +117,12 @@ pub fn run(args: FetchArgs) -> anyhow::Result<()> {
     config.max_rate = args.max_rate;
     config.picker.max_in_flight = args.per_peer as usize;
     config.picker.timeout_ms = args.piece_timeout_s * 1000;
+    config.timeouts.piece = std::time::Duration::from_secs(args.piece_timeout_s);
     config.stall_timeout = std::time::Duration::from_secs(args.stall_timeout_s);
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // Two threads: hashing a piece or the whole file never holds up the
+    // connections (pings, other peers' pieces).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -54,13 +54,16 @@ pub struct ScoutArgs {
 /// Fetches the draft model the oracle at `connect` names (first in its
 /// handshake) into `data_dir/models`, from every peer that offers it; a model
 /// fetched before is checked and used as it is.
-fn fetch_draft_model(
-    runtime: &tokio::runtime::Runtime,
-    connect: &Multiaddr,
-    data_dir: &Path,
-    key: shared_proto::Keypair,
-) -> anyhow::Result<PathBuf> {
+fn fetch_draft_model(connect: &Multiaddr, data_dir: &Path) -> anyhow::Result<PathBuf> {
     tracing::info!("no --draft-model: fetching the one the oracle names");
+    // A key of its own: the scout's connection must be the scout's alone
+    // when it joins (the oracle counts a peer's first handshake).
+    let key = shared_proto::Keypair::generate_ed25519();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     let config = FetchConfig::new(
         None,
         vec![connect.clone()],
@@ -107,7 +110,7 @@ pub fn run(args: ScoutArgs) -> anyhow::Result<()> {
     let (path, layers) = match args.draft_model {
         Some(p) => (p, args.draft_layers),
         None => (
-            fetch_draft_model(&runtime, &connect, &data_dir, key.clone())?,
+            fetch_draft_model(&connect, &data_dir)?,
             Some(args.draft_layers.unwrap_or(DEFAULT_DRAFT_LAYERS)),
         ),
     };

@@ -84,6 +84,8 @@ test('a tab reloaded halfway through its model download resumes without fetching
     await startScout(page, proxy.origin, { backend: 'cpu' });
     // Frozen halfway: every delivered piece but the corrupted copy is kept.
     await expect.poll(() => proxy.holding, { timeout: 60_000 }).toBe(true);
+    // Requests forwarded just before the hold finish now (loopback: ms).
+    await new Promise((resolve) => setTimeout(resolve, 1500));
     const delivered = [...proxy.delivered.values()].reduce((a, b) => a + b, 0);
     await expect.poll(() => cachedPieces(page), { timeout: 20_000 }).toBe(delivered - proxy.corrupted);
     const frozen = await scoutState(page);

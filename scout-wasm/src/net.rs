@@ -25,7 +25,8 @@ pub struct NetTimeouts {
     pub request: Duration,
     /// A p2p completion (a whole answer, queue wait included) fails after this.
     pub completion: Duration,
-    /// A model piece (up to 16 MiB) or manifest fails after this.
+    /// A model piece (up to 16 MiB) or manifest fails after this: long
+    /// enough for a 16 MiB piece over a slow link.
     pub piece: Duration,
     /// A connection whose handshake has not completed is closed after this.
     pub handshake: Duration,
@@ -57,7 +58,7 @@ impl Default for NetTimeouts {
             idle_connection: Duration::from_secs(300),
             request: Duration::from_secs(10),
             completion: Duration::from_secs(300),
-            piece: Duration::from_secs(30),
+            piece: Duration::from_secs(120),
             handshake: Duration::from_secs(10),
             ping_interval: Duration::from_secs(10),
             ping_timeout: Duration::from_secs(10),

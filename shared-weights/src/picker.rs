@@ -50,7 +50,7 @@ impl Default for PickerConfig {
     fn default() -> Self {
         PickerConfig {
             max_in_flight: 4,
-            timeout_ms: 30_000,
+            timeout_ms: 120_000,
             max_strikes: 2,
         }
     }
@@ -272,6 +272,15 @@ impl<P: Copy + Ord + std::hash::Hash> Picker<P> {
         late
     }
 
+    /// `pieces`, accepted earlier, turned out bad after all (a later check of
+    /// the whole file): wanted again. Strikes and who failed what are kept.
+    pub fn requeue(&mut self, pieces: &[u32]) {
+        for &piece in pieces.iter().filter(|p| **p < self.pieces) {
+            self.sources.remove(&piece);
+            self.missing.insert(piece);
+        }
+    }
+
     /// The earliest deadline of an outstanding request, to wake up for.
     pub fn next_deadline(&self) -> Option<u64> {
         self.in_flight.values().map(|f| f.deadline_ms).min()
@@ -483,6 +492,26 @@ mod tests {
         let retry = requests(&mut p, 0);
         assert!(retry.iter().all(|(peer, _)| *peer == "b"));
         assert_eq!(retry.len(), 2);
+    }
+
+    #[test]
+    fn requeued_pieces_are_wanted_again_and_strikes_stay() {
+        let mut p = Picker::new(2, None, &BTreeSet::new(), PickerConfig::default());
+        p.add_provider(1u8, all());
+        p.add_provider(2u8, all());
+        while let Some((peer, piece)) = p.next_request(0) {
+            // Peer 1's pieces are bad, once: a strike.
+            let _ = p.on_piece(peer, piece, peer != 1);
+        }
+        while let Some((peer, piece)) = p.next_request(0) {
+            assert_eq!(p.on_piece(peer, piece, true), PieceOutcome::Accepted);
+        }
+        assert!(p.is_complete());
+        p.requeue(&[1, 7]);
+        assert_eq!(p.missing().iter().copied().collect::<Vec<_>>(), [1]);
+        assert_eq!(p.source_of(1), None);
+        // The peer with a strike is asked last.
+        assert_eq!(p.next_request(0), Some((2, 1)));
     }
 
     #[test]

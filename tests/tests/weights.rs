@@ -381,7 +381,16 @@ fn a_killed_download_resumes_without_fetching_verified_pieces_again() {
     }
     assert!(!out.exists(), "a partial download has the final name");
     assert!(dir.join("model.gguf.part").exists());
-    let served_before = pieces_served(&oracle);
+    // Reads for the killed fetcher that were under way end first.
+    let mut served_before = pieces_served(&oracle);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = pieces_served(&oracle);
+        if now == served_before {
+            break;
+        }
+        served_before = now;
+    }
 
     let second = args(false);
     let (fetch, lines) = start_fetch(&second.iter().map(String::as_str).collect::<Vec<_>>());

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::multiaddr::Protocol;
-use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::request_response::{self, InboundRequestId, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, Transport, identify, kad, mdns, noise, ping, tcp};
 use scout_wasm::net::{self, Backoff, NetTimeouts, PingPolicy};
@@ -29,7 +29,7 @@ use super::identity::{self, IdentityError};
 use super::results;
 use super::topology::{NetworkNode, TopologyBook, role_name};
 use super::webrtc::{self, BrowserGate};
-use super::weights::{Offered, Reply};
+use super::weights::{Offered, Reply, ResponseBudget};
 use crate::engine::{ClaimGrant, EngineHandle, ToNetwork};
 use crate::metrics::Metrics;
 use crate::scheduler::SessionId;
@@ -80,6 +80,10 @@ const TOPOLOGY_SETTLE: Duration = Duration::from_secs(2);
 const TOPOLOGY_MIN_GAP: Duration = Duration::from_secs(10);
 /// How often the snapshot's topology (report ages) is refreshed when quiet.
 const TOPOLOGY_VIEW_REFRESH: Duration = Duration::from_secs(5);
+/// Bytes of piece responses one peer may have waiting (four of the largest).
+const WEIGHTS_BYTES_PER_PEER: u64 = 64 << 20;
+/// Bytes of piece responses all peers together may have waiting.
+const WEIGHTS_BYTES_TOTAL: u64 = 512 << 20;
 /// How long a refused peer keeps its connection, so the refusal reaches it:
 /// "sent" means written, and closing a WebRTC connection at once drops what
 /// is still on the way (a banned tab then never learned why, and dialled on).
@@ -228,6 +232,7 @@ pub fn start(
         // Against floods only: a fast downloader asks for a few hundred
         // pieces a second at most.
         weights_limits: RateLimiter::new(120_000, 2_000, 65_536),
+        weights_budget: ResponseBudget::new(WEIGHTS_BYTES_PER_PEER, WEIGHTS_BYTES_TOTAL),
         credits: HashMap::new(),
     };
     Ok(tokio::spawn(node.run(from_engine)))
@@ -319,7 +324,11 @@ struct Round {
 }
 
 type ClaimDone = (ResponseChannel<pb::ClaimResponse>, pb::ClaimResponse);
-type WeightsDone = (ResponseChannel<pb::WeightsResponse>, pb::WeightsResponse);
+type WeightsDone = (
+    InboundRequestId,
+    ResponseChannel<pb::WeightsResponse>,
+    pb::WeightsResponse,
+);
 type CompletionDone = (
     ResponseChannel<pb::CompletionResponse>,
     pb::CompletionResponse,
@@ -373,6 +382,8 @@ struct Node {
     gossip_limits: RateLimiter<PeerId>,
     /// Weights requests (a piece is a disk read): per peer.
     weights_limits: RateLimiter<PeerId>,
+    /// Bytes of piece responses not yet sent.
+    weights_budget: ResponseBudget<InboundRequestId>,
     /// Credits not yet written to the ledger.
     credits: HashMap<PeerId, u64>,
 }
@@ -397,11 +408,16 @@ impl Node {
                 Some((channel, response)) = self.completions_done.1.recv() => {
                     let _ = self.swarm.behaviour_mut().complete.send_response(channel, response);
                 }
-                Some((channel, response)) = self.weights_done.1.recv() => {
-                    if matches!(response.answer, Some(pb::weights_response::Answer::Piece(_))) {
-                        self.metrics.pieces_served_p2p.inc();
+                Some((id, channel, response)) = self.weights_done.1.recv() => {
+                    let piece = matches!(response.answer, Some(pb::weights_response::Answer::Piece(_)));
+                    match self.swarm.behaviour_mut().weights.send_response(channel, response) {
+                        // Its bytes are freed when it is sent (or fails).
+                        Ok(()) if piece => {
+                            self.metrics.pieces_served_p2p.inc();
+                        }
+                        Ok(()) => {}
+                        Err(_) => self.weights_budget.release(&id),
                     }
-                    let _ = self.swarm.behaviour_mut().weights.send_response(channel, response);
                 }
                 _ = tick.tick() => self.tick(),
             }
@@ -908,6 +924,7 @@ impl Node {
     fn weights(
         &mut self,
         peer: PeerId,
+        id: InboundRequestId,
         request: pb::WeightsRequest,
         channel: ResponseChannel<pb::WeightsResponse>,
     ) {
@@ -932,11 +949,25 @@ impl Node {
                     .weights
                     .send_response(channel, response);
             }
+            Reply::Read(read) if !self.weights_budget.reserve(id, peer, read.bytes()) => {
+                let _ = self.swarm.behaviour_mut().weights.send_response(
+                    channel,
+                    refuse(
+                        "UNAVAILABLE",
+                        "too many pieces on the way to you: slow down",
+                    ),
+                );
+            }
             Reply::Read(read) => {
                 let done = self.weights_done.0.clone();
                 tokio::spawn(async move {
-                    let response = read.run().await;
-                    let _ = done.send((channel, response)).await;
+                    // A peer that gave up (timeout, gone) gets no disk read.
+                    let response = if channel.is_open() {
+                        read.run().await
+                    } else {
+                        refuse("UNAVAILABLE", "gave up")
+                    };
+                    let _ = done.send((id, channel, response)).await;
                 });
             }
         }
@@ -1001,12 +1032,23 @@ impl Node {
                 peer,
                 message:
                     Message::Request {
-                        request, channel, ..
+                        request_id,
+                        request,
+                        channel,
                     },
                 ..
-            }) => self.weights(peer, request, channel),
-            OracleBehaviourEvent::Weights(Rr::InboundFailure { peer, error, .. }) => {
-                tracing::debug!(%peer, %error, "bad weights request");
+            }) => self.weights(peer, request_id, request, channel),
+            OracleBehaviourEvent::Weights(Rr::ResponseSent { request_id, .. }) => {
+                self.weights_budget.release(&request_id);
+            }
+            OracleBehaviourEvent::Weights(Rr::InboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            }) => {
+                self.weights_budget.release(&request_id);
+                tracing::debug!(%peer, %error, "weights request failed");
             }
             OracleBehaviourEvent::Verify(Rr::Message {
                 peer,
@@ -1064,11 +1106,15 @@ impl Node {
                 }
                 // Only routable addresses go into the DHT (a peer cannot make
                 // us advertise loopback or unspecified addresses of its own),
-                // or loopback ones of a peer on this very machine.
-                let local = self
-                    .peers
-                    .get(&peer_id)
-                    .is_some_and(|p| is_loopback(&p.address));
+                // but a node that only listens on loopback is a network on
+                // one machine (tests, demos): there its peers' loopback
+                // addresses are the ones that work.
+                let local = !self.listen_addrs.is_empty()
+                    && self.listen_addrs.iter().all(is_loopback)
+                    && self
+                        .peers
+                        .get(&peer_id)
+                        .is_some_and(|p| is_loopback(&p.address));
                 for addr in info.listen_addrs.iter().take(16) {
                     if is_dialable(addr) || (local && is_loopback(addr)) {
                         self.swarm
@@ -1080,14 +1126,17 @@ impl Node {
             }
             OracleBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 result: kad::QueryResult::Bootstrap(result),
+                step,
                 ..
             }) => match result {
                 Ok(_) => {
                     self.bootstrap_backoff.reset();
                     // Our records go to the peers closest to each model now
-                    // that we know them.
-                    for cid in self.config.offered.cids().to_vec() {
-                        provide(&mut self.swarm, &cid);
+                    // that we know them (once per bootstrap, not per step).
+                    if step.last {
+                        for cid in self.config.offered.cids().to_vec() {
+                            provide(&mut self.swarm, &cid);
+                        }
                     }
                 }
                 Err(e) => {

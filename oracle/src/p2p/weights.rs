@@ -3,9 +3,12 @@
 //! that completed a handshake.
 //!
 //! Answers that need no disk (a manifest, a refusal) are made at once; a
-//! piece is read off the event loop, a few at a time (the same bound as the
-//! HTTP piece route), and checked against its manifest before it leaves: a
-//! file changed on disk is refused, never sent under the piece's name.
+//! piece is read off the event loop, a few at a time (a bound of its own, so
+//! peers never starve browsers on the HTTP route), and checked against its
+//! manifest before it leaves: a file changed on disk is refused, never sent
+//! under the piece's name. A response waits in its connection until the peer
+//! reads it, so the node caps the bytes of responses not yet sent, per peer
+//! and in all ([`ResponseBudget`]).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -50,6 +53,58 @@ pub struct PieceRead {
     model: OfferedModel,
     index: u32,
     corrupt: bool,
+}
+
+/// Piece reads from disk at once for peers (the HTTP route has its own).
+static P2P_PIECE_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
+
+/// Bytes of piece responses being read or waiting to be sent: a peer that
+/// asks for many and reads slowly cannot make the node hold gigabytes.
+#[derive(Debug)]
+pub(super) struct ResponseBudget<Id> {
+    per_peer: u64,
+    total: u64,
+    used: u64,
+    by_peer: HashMap<libp2p::PeerId, u64>,
+    pending: HashMap<Id, (libp2p::PeerId, u64)>,
+}
+
+impl<Id: std::hash::Hash + Eq> ResponseBudget<Id> {
+    /// At most `per_peer` bytes for one peer and `total` for all.
+    pub(super) fn new(per_peer: u64, total: u64) -> Self {
+        ResponseBudget {
+            per_peer,
+            total,
+            used: 0,
+            by_peer: HashMap::new(),
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Reserves `bytes` for request `id` of `peer`; `false` when over a cap.
+    pub(super) fn reserve(&mut self, id: Id, peer: libp2p::PeerId, bytes: u64) -> bool {
+        let mine = self.by_peer.get(&peer).copied().unwrap_or(0);
+        if mine + bytes > self.per_peer || self.used + bytes > self.total {
+            return false;
+        }
+        self.used += bytes;
+        *self.by_peer.entry(peer).or_insert(0) += bytes;
+        self.pending.insert(id, (peer, bytes));
+        true
+    }
+
+    /// Request `id` is answered (sent, failed, or dropped): its bytes are free.
+    pub(super) fn release(&mut self, id: &Id) {
+        if let Some((peer, bytes)) = self.pending.remove(id) {
+            self.used -= bytes;
+            if let Some(mine) = self.by_peer.get_mut(&peer) {
+                *mine -= bytes;
+                if *mine == 0 {
+                    self.by_peer.remove(&peer);
+                }
+            }
+        }
+    }
 }
 
 fn refused(code: &str, why: &str) -> pb::WeightsResponse {
@@ -104,9 +159,17 @@ impl Offered {
 }
 
 impl PieceRead {
+    /// Bytes the piece has (for the budget).
+    pub fn bytes(&self) -> u64 {
+        self.model
+            .manifest
+            .piece_range(self.index)
+            .map_or(0, |r| r.end - r.start)
+    }
+
     /// Reads and checks the piece (waiting for a read slot) and makes the answer.
     pub async fn run(self) -> pb::WeightsResponse {
-        let Ok(_permit) = crate::weights::PIECE_READS.acquire().await else {
+        let Ok(_permit) = P2P_PIECE_READS.acquire().await else {
             return refused("UNAVAILABLE", "shutting down");
         };
         let PieceRead {
@@ -137,5 +200,25 @@ impl PieceRead {
                 refused("INTERNAL", "this peer cannot read that piece now")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_caps_each_peer_and_everyone_and_frees_on_release() {
+        let (a, b) = (libp2p::PeerId::random(), libp2p::PeerId::random());
+        let mut budget = ResponseBudget::new(100, 150);
+        assert!(budget.reserve(1, a, 60));
+        assert!(!budget.reserve(2, a, 60), "over a's cap");
+        assert!(budget.reserve(3, b, 60));
+        assert!(!budget.reserve(4, b, 40), "over the total");
+        budget.release(&1);
+        budget.release(&1);
+        assert!(budget.reserve(5, b, 40));
+        assert!(budget.reserve(6, a, 50));
+        assert_eq!(budget.used, 150);
     }
 }

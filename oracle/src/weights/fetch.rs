@@ -15,7 +15,12 @@
 //! 3. fetch the manifest from a provider and check it against the content id;
 //! 4. keep every provider busy with piece requests, within the bandwidth cap;
 //! 5. a piece that fails its hash costs its sender reputation in the local
-//!    ledger (`trust.redb` in the data dir); banned peers are not asked again.
+//!    ledger (`peers.redb` in the data dir); banned peers are not asked again;
+//!    a peer that refuses a request rests a while (doubling) before it is
+//!    asked again, one that says it has no such model is not asked again.
+//!
+//! Timers (deadlines, the cap, the rate) run on a monotonic clock; bans in the
+//! ledger on the wall clock.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
@@ -27,8 +32,8 @@ use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, kad};
-use scout_wasm::native::{build_swarm, install_crypto_provider};
-use scout_wasm::net::{self, HandshakeVerdict, NetTimeouts};
+use scout_wasm::native::{build_swarm, install_crypto_provider, listen_for_webrtc};
+use scout_wasm::net::{self, Backoff, HandshakeVerdict, NetTimeouts};
 use serde::Serialize;
 use shared_proto::pb::weights_request::Want;
 use shared_proto::pb::weights_response::Answer;
@@ -144,15 +149,19 @@ impl FetchConfig {
         out: Destination,
         data_dir: PathBuf,
     ) -> Self {
+        let timeouts = NetTimeouts::default();
         FetchConfig {
             model,
             bootstrap,
             out,
             max_rate: None,
             data_dir,
-            timeouts: NetTimeouts::default(),
-            picker: PickerConfig::default(),
-            stall_timeout: Duration::from_secs(120),
+            picker: PickerConfig {
+                timeout_ms: timeouts.piece.as_millis() as u64,
+                ..PickerConfig::default()
+            },
+            timeouts,
+            stall_timeout: Duration::from_secs(180),
         }
     }
 }
@@ -316,6 +325,24 @@ const TICK: Duration = Duration::from_millis(200);
 /// How often the DHT is asked again for providers while pieces are missing.
 const PROVIDER_QUERY_EVERY: Duration = Duration::from_secs(30);
 
+/// The most providers asked at once: each holds up to
+/// [`PickerConfig::max_in_flight`] pieces in memory, and anyone can publish
+/// provider records.
+const MAX_PROVIDERS: usize = 16;
+/// First rest of a peer that refused a request; doubles to [`REST_MAX`].
+const REST_MIN: Duration = Duration::from_millis(500);
+const REST_MAX: Duration = Duration::from_secs(30);
+
+/// Milliseconds on a monotonic clock (the picker's deadlines, the cap, the
+/// rate): a wall clock stepping back or forth must not stall or expire them.
+fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
 /// Fetches the model (or finds it complete at the destination already).
 pub async fn fetch(
     config: FetchConfig,
@@ -342,16 +369,19 @@ pub async fn fetch(
     let mut swarm = build_swarm(&key, &config.timeouts, FetchBehaviour::new)
         .map_err(|e| FetchError::Start(e.to_string()))?;
     for (peer, addr) in &bootstrap {
+        // A WebRTC-direct dial goes out from a listening socket.
+        listen_for_webrtc(&mut swarm, addr).map_err(|e| FetchError::Start(e.to_string()))?;
         swarm.behaviour_mut().kad.add_address(peer, addr.clone());
-        if let Err(e) = swarm.dial(addr.clone()) {
-            tracing::warn!(%addr, error = %e, "cannot dial");
-        }
     }
     let mut download = Download {
         swarm,
         key,
         ledger,
         model: config.model,
+        redial_backoff: Backoff::new(config.timeouts.retry_min, config.timeouts.retry_max),
+        next_redial: Instant::now(),
+        bootstrap,
+        resting: HashMap::new(),
         holders: HashMap::new(),
         refused_by: BTreeMap::new(),
         manifest_from: None,
@@ -361,7 +391,7 @@ pub async fn fetch(
         started: Instant::now(),
         last_piece: Instant::now(),
         next_provider_query: Instant::now(),
-        cap: config.max_rate.map(|r| RateCap::new(r, now_ms())),
+        cap: config.max_rate.map(|r| RateCap::new(r, mono_ms())),
         config,
     };
     download.run(sink).await
@@ -384,6 +414,14 @@ struct Download {
     ledger: Ledger,
     config: FetchConfig,
     model: Option<ContentId>,
+    /// The peers we start from, dialled again (with backoff) until one of
+    /// them takes our handshake: an oracle still starting, a refusal.
+    bootstrap: Vec<(PeerId, Multiaddr)>,
+    redial_backoff: Backoff,
+    next_redial: Instant,
+    /// Peers that refused a request: out of the picker until the instant,
+    /// with the refusals in a row so far.
+    resting: HashMap<PeerId, (Instant, u32)>,
     /// Peers whose handshake we have, and the models they hold.
     holders: HashMap<PeerId, Vec<Vec<u8>>>,
     /// Peers that refused us or failed, and why (for the error message).
@@ -418,7 +456,7 @@ impl Download {
             };
             if let Step::Done(path) = step {
                 if let Some(t) = self.state.as_mut() {
-                    sink.progress(&t.meter.read(now_ms()), self.active_peers());
+                    sink.progress(&t.meter.read(mono_ms()), self.active_peers());
                 }
                 return Ok(self.report(path));
             }
@@ -428,7 +466,7 @@ impl Download {
             {
                 last_progress = Instant::now();
                 let peers = t.picker.providers().count();
-                sink.progress(&t.meter.read(now_ms()), peers);
+                sink.progress(&t.meter.read(mono_ms()), peers);
             }
         }
     }
@@ -569,6 +607,9 @@ impl Download {
             }) => {
                 let me = *self.swarm.local_peer_id();
                 for peer in providers {
+                    if self.holders.len() >= 2 * MAX_PROVIDERS {
+                        break;
+                    }
                     if peer != me && !self.swarm.is_connected(&peer) {
                         tracing::info!(%peer, "provider found in the DHT: dialling");
                         let _ = self.swarm.dial(peer);
@@ -582,6 +623,10 @@ impl Download {
 
     /// An oracle took our handshake and holds `models`.
     fn joined(&mut self, peer: PeerId, models: Vec<Vec<u8>>) {
+        // Whatever went wrong with it before (a failed dial, a refused
+        // handshake) is over: it took this one.
+        self.refused_by.remove(&peer);
+        self.redial_backoff.reset();
         if self.model.is_none() {
             // No model named: the draft model of the first oracle (first in
             // its handshake).
@@ -646,9 +691,40 @@ impl Download {
             entry.reputation_before = reputation;
             entry.reputation_after = reputation;
         }
-        if let Some(t) = self.state.as_mut() {
+        if self
+            .resting
+            .get(&peer)
+            .is_some_and(|(until, _)| *until > Instant::now())
+        {
+            return;
+        }
+        if let Some(t) = self.state.as_mut()
+            && t.picker.providers().count() < MAX_PROVIDERS
+        {
             t.picker.add_provider(peer, Availability::All);
         }
+    }
+
+    /// `peer` refused a request (busy, a file it cannot read, no such piece
+    /// or model): out of the picker for a while, longer each time in a row;
+    /// for good when it says it has no such model.
+    fn rest(&mut self, peer: PeerId, refusal: Option<&pb::Ack>) {
+        let Some(t) = self.state.as_mut() else { return };
+        // Its other requests stay in `requests`; the picker ignores their answers.
+        t.picker.remove_provider(&peer);
+        let code = refusal
+            .and_then(|a| a.errors.first())
+            .map_or("", |e| e.code.as_str());
+        if code == "NOT_FOUND" && refusal.is_some_and(|a| a.detail.contains("no such model")) {
+            self.holders.remove(&peer);
+            self.refused_by.insert(peer, "has no such model".into());
+            return;
+        }
+        let streak = self.resting.get(&peer).map_or(0, |(_, n)| *n);
+        let wait = (REST_MIN * 2u32.saturating_pow(streak.min(16))).min(REST_MAX);
+        tracing::debug!(%peer, code, wait_ms = wait.as_millis() as u64, "peer refused: resting it");
+        self.resting
+            .insert(peer, (Instant::now() + wait, streak + 1));
     }
 
     /// Asks a provider for the manifest, unless it is in or on the way.
@@ -701,9 +777,14 @@ impl Download {
             Some(Answer::Piece(p)) if p.index == piece => p.data,
             other => {
                 // A refusal (busy, not here) or an answer to another question.
-                tracing::debug!(%peer, piece, answer = ?other.map(|a| matches!(a, Answer::Refused(_))), "piece not sent");
                 self.peers.entry(peer).or_default().failures += 1;
                 t.picker.on_failure(peer, piece);
+                let refusal = match other {
+                    Some(Answer::Refused(ack)) => Some(ack),
+                    _ => None,
+                };
+                tracing::debug!(%peer, piece, ?refusal, "piece not sent");
+                self.rest(peer, refusal.as_ref());
                 return Ok(Step::Continue);
             }
         };
@@ -717,9 +798,10 @@ impl Download {
         };
         match t.picker.on_piece(peer, piece, written) {
             PieceOutcome::Accepted => {
-                t.meter.piece(data.len() as u64, now_ms());
+                t.meter.piece(data.len() as u64, mono_ms());
                 self.peers.entry(peer).or_default().pieces += 1;
                 self.last_piece = Instant::now();
+                self.resting.remove(&peer);
             }
             // Late, after it was asked elsewhere: already written if good.
             PieceOutcome::Unexpected => {}
@@ -799,7 +881,7 @@ impl Download {
                         resumed,
                         manifest.file_size(),
                         resumed,
-                        now_ms(),
+                        mono_ms(),
                     ),
                     picker: Picker::new(0, None, &Default::default(), self.config.picker),
                     store: None,
@@ -831,7 +913,7 @@ impl Download {
                 manifest.piece_count(),
                 have_bytes,
                 resumed,
-                now_ms(),
+                mono_ms(),
             ),
             picker,
             store: Some(store),
@@ -861,25 +943,21 @@ impl Download {
         match store.finish() {
             Ok(path) => Ok(Step::Done(path)),
             Err(StoreError::Corrupt(n)) => {
-                // Pieces went bad on disk after their check: fetch them again.
+                // Pieces went bad on disk after their check: fetch them again
+                // (the picker keeps its strikes and who failed what).
                 tracing::warn!(
                     pieces = n,
                     "pieces failed the final check: fetching them again"
                 );
-                let piece_size = u64::from(t.manifest.piece_size());
-                for _ in 0..n {
-                    t.meter.lost(piece_size);
+                let lost: Vec<u32> = (0..t.manifest.piece_count())
+                    .filter(|p| !store.have().contains(p))
+                    .collect();
+                for piece in &lost {
+                    if let Ok(range) = t.manifest.piece_range(*piece) {
+                        t.meter.lost(range.end - range.start);
+                    }
                 }
-                let mut picker = Picker::new(
-                    t.manifest.piece_count(),
-                    None,
-                    store.have(),
-                    self.config.picker,
-                );
-                for peer in t.picker.providers() {
-                    picker.add_provider(*peer, Availability::All);
-                }
-                t.picker = picker;
+                t.picker.requeue(&lost);
                 Ok(Step::Continue)
             }
             Err(e) => Err(e.into()),
@@ -895,11 +973,11 @@ impl Download {
         let piece_size = u64::from(t.manifest.piece_size());
         loop {
             if let Some(cap) = self.cap.as_mut()
-                && cap.wait_ms(piece_size, now_ms()) > 0
+                && cap.wait_ms(piece_size, mono_ms()) > 0
             {
                 return;
             }
-            let Some((peer, piece)) = t.picker.next_request(now_ms()) else {
+            let Some((peer, piece)) = t.picker.next_request(mono_ms()) else {
                 return;
             };
             if let Some(cap) = self.cap.as_mut() {
@@ -917,16 +995,51 @@ impl Download {
     }
 
     fn tick(&mut self) -> Result<Step, FetchError> {
+        // Until a bootstrap peer takes our handshake, dial them again now and then.
+        if self.holders.is_empty() && Instant::now() >= self.next_redial {
+            self.next_redial = Instant::now() + self.redial_backoff.next_delay();
+            for (peer, addr) in self.bootstrap.clone() {
+                if !self.swarm.is_connected(&peer)
+                    && let Err(e) = self.swarm.dial(addr.clone())
+                {
+                    tracing::warn!(%addr, error = %e, "cannot dial");
+                }
+            }
+        }
+        // Rested peers go back to work (keeping their streak: one that
+        // refuses again rests longer).
+        let now = Instant::now();
+        let rested: Vec<PeerId> = self
+            .resting
+            .iter()
+            .filter(|(_, (until, _))| *until <= now)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in rested {
+            let in_picker = self
+                .state
+                .as_ref()
+                .is_some_and(|t| t.picker.providers().any(|p| *p == peer));
+            if !in_picker {
+                self.add_provider(peer);
+            }
+        }
         self.query_providers();
         self.ask_manifest();
-        let stall = self.config.stall_timeout;
+        // A capped download may take long for one piece: that is no stall.
+        let stall = match (self.config.max_rate, self.state.as_ref()) {
+            (Some(rate), Some(t)) => self.config.stall_timeout.max(Duration::from_secs_f64(
+                2.0 * f64::from(t.manifest.piece_size()) / rate.max(1) as f64,
+            )),
+            _ => self.config.stall_timeout,
+        };
         let Some(t) = self.state.as_mut() else {
             if self.started.elapsed() > stall {
                 return Err(self.no_providers());
             }
             return Ok(Step::Continue);
         };
-        for (peer, piece) in t.picker.expire(now_ms()) {
+        for (peer, piece) in t.picker.expire(mono_ms()) {
             tracing::debug!(%peer, piece, "piece timed out: asking elsewhere");
             self.peers.entry(peer).or_default().failures += 1;
             self.requests.retain(|_, r| *r != (peer, piece));

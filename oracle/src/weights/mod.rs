@@ -76,8 +76,9 @@ pub fn manifest_cached(path: &Path, cache_dir: &Path) -> anyhow::Result<Manifest
     Ok(manifest)
 }
 
-/// Piece reads in flight at once, all models and both routes (HTTP, p2p)
-/// together: each holds a piece (up to 16 MiB) in memory.
+/// Piece reads in flight at once on the HTTP route, all models together:
+/// each holds a piece (up to 16 MiB) in memory. (Peers on p2p have a bound
+/// of their own, so neither side starves the other.)
 pub static PIECE_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
 
 /// Piece `index` of the model file at `path`, checked against its manifest

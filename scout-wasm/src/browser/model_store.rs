@@ -35,9 +35,15 @@ use crate::bridge::{FromWorker, ModelOffer, ModelSource};
 const CACHE_NAME: &str = "shard-models";
 /// Piece requests in flight at once.
 const PIECES_IN_FLIGHT: usize = 4;
-/// Times a piece is asked for before the download fails (each bad copy is
-/// refused).
+/// Bad copies of a piece refused before the download fails.
 const PIECE_TRIES: u32 = 3;
+/// Failed requests for one piece (busy oracle, network error, no answer)
+/// before the download fails; the waits between them double from
+/// [`RETRY_MIN`].
+const FETCH_TRIES: u32 = 6;
+const RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(500);
+/// A request without its whole answer after this is given up (and retried).
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How far a download is, for progress events.
 #[derive(Debug, Clone, Copy, Default)]
@@ -190,28 +196,42 @@ async fn piece_ok(manifest: &Manifest, index: u32, data: &[u8]) -> bool {
     }
 }
 
-/// Piece `index` from `url`, verified; a bad copy is refused and asked for
-/// again, up to [`PIECE_TRIES`] times. Returns the piece and the copies refused.
+/// Piece `index` from `url`, verified. A bad copy is refused and asked for
+/// again, up to [`PIECE_TRIES`] times; a failed request (the oracle busy, a
+/// network error, no answer in time) is retried after a wait, up to
+/// [`FETCH_TRIES`] times. Returns the piece and the copies refused.
 async fn fetch_piece(
     manifest: &Manifest,
     index: u32,
     url: &str,
 ) -> Result<(u32, Vec<u8>, u32), FromWorker> {
-    let mut refused = 0;
+    let (mut refused, mut failed) = (0, 0);
     loop {
-        let data = fetch_bytes(url).await?;
-        if piece_ok(manifest, index, &data).await {
-            return Ok((index, data, refused));
-        }
-        refused += 1;
-        log::warn!("piece {index} of the model is corrupt (SHA-256 mismatch): refused");
-        if refused >= PIECE_TRIES {
-            return Err(FromWorker::error(
-                "checksum",
-                format!(
-                    "piece {index} of the model came corrupt {refused} times (SHA-256 mismatch)"
-                ),
-            ));
+        match fetch_bytes(url).await {
+            Ok(data) if piece_ok(manifest, index, &data).await => {
+                return Ok((index, data, refused));
+            }
+            Ok(_) => {
+                refused += 1;
+                log::warn!("piece {index} of the model is corrupt (SHA-256 mismatch): refused");
+                if refused >= PIECE_TRIES {
+                    return Err(FromWorker::error(
+                        "checksum",
+                        format!(
+                            "piece {index} of the model came corrupt {refused} times (SHA-256 mismatch)"
+                        ),
+                    ));
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                if failed >= FETCH_TRIES {
+                    return Err(e);
+                }
+                let wait = RETRY_MIN * 2u32.pow(failed - 1);
+                log::info!("piece {index}: request failed, retrying in {wait:?}");
+                futures_timer::Delay::new(wait).await;
+            }
         }
     }
 }
@@ -483,25 +503,45 @@ async fn download_checked(
 }
 
 /// GETs `url` whole, past the HTTP cache (a bad copy there would come back
-/// each time; verified pieces are kept in Cache Storage instead).
+/// each time; verified pieces are kept in Cache Storage instead), giving up
+/// after [`REQUEST_TIMEOUT`].
 async fn fetch_bytes(url: &str) -> Result<Vec<u8>, FromWorker> {
     let fetch_error = |e: JsValue| FromWorker::error("fetch", format!("{url}: {}", describe(&e)));
+    let controller = web_sys::AbortController::new().ok();
     let init = web_sys::RequestInit::new();
     init.set_cache(web_sys::RequestCache::NoStore);
-    let response: Response = JsFuture::from(scope().fetch_with_str_and_init(url, &init))
-        .await
-        .map_err(fetch_error)?
-        .unchecked_into();
-    if !response.ok() {
-        return Err(FromWorker::error(
-            "fetch",
-            format!("{url}: HTTP {}", response.status()),
-        ));
+    if let Some(c) = &controller {
+        init.set_signal(Some(&c.signal()));
     }
-    let body = JsFuture::from(response.array_buffer().map_err(fetch_error)?)
-        .await
-        .map_err(fetch_error)?;
-    Ok(Uint8Array::new(&body).to_vec())
+    let work = async {
+        let response: Response = JsFuture::from(scope().fetch_with_str_and_init(url, &init))
+            .await
+            .map_err(fetch_error)?
+            .unchecked_into();
+        if !response.ok() {
+            return Err(FromWorker::error(
+                "fetch",
+                format!("{url}: HTTP {}", response.status()),
+            ));
+        }
+        let body = JsFuture::from(response.array_buffer().map_err(fetch_error)?)
+            .await
+            .map_err(fetch_error)?;
+        Ok(Uint8Array::new(&body).to_vec())
+    };
+    let work = std::pin::pin!(work);
+    match futures::future::select(work, futures_timer::Delay::new(REQUEST_TIMEOUT)).await {
+        futures::future::Either::Left((result, _)) => result,
+        futures::future::Either::Right(_) => {
+            if let Some(c) = controller {
+                c.abort();
+            }
+            Err(FromWorker::error(
+                "fetch",
+                format!("{url}: no answer in {} s", REQUEST_TIMEOUT.as_secs()),
+            ))
+        }
+    }
 }
 
 /// GETs `url`, handing each chunk of the body to `on_chunk` as it arrives.
