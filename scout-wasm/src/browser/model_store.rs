@@ -514,16 +514,7 @@ async fn fetch_bytes(url: &str) -> Result<Vec<u8>, FromWorker> {
         init.set_signal(Some(&c.signal()));
     }
     let work = async {
-        let response: Response = JsFuture::from(scope().fetch_with_str_and_init(url, &init))
-            .await
-            .map_err(fetch_error)?
-            .unchecked_into();
-        if !response.ok() {
-            return Err(FromWorker::error(
-                "fetch",
-                format!("{url}: HTTP {}", response.status()),
-            ));
-        }
+        let response = get(url, &init).await?;
         let body = JsFuture::from(response.array_buffer().map_err(fetch_error)?)
             .await
             .map_err(fetch_error)?;
@@ -544,15 +535,11 @@ async fn fetch_bytes(url: &str) -> Result<Vec<u8>, FromWorker> {
     }
 }
 
-/// GETs `url`, handing each chunk of the body to `on_chunk` as it arrives.
-pub(super) async fn fetch_streaming(
-    url: &str,
-    mut on_chunk: impl FnMut(&[u8]),
-) -> Result<(), FromWorker> {
-    let fetch_error = |e: JsValue| FromWorker::error("fetch", format!("{url}: {}", describe(&e)));
-    let response: Response = JsFuture::from(scope().fetch_with_str(url))
+/// GETs `url` with `init`: the response, when its status says success.
+async fn get(url: &str, init: &web_sys::RequestInit) -> Result<Response, FromWorker> {
+    let response: Response = JsFuture::from(scope().fetch_with_str_and_init(url, init))
         .await
-        .map_err(fetch_error)?
+        .map_err(|e| FromWorker::error("fetch", format!("{url}: {}", describe(&e))))?
         .unchecked_into();
     if !response.ok() {
         return Err(FromWorker::error(
@@ -560,6 +547,16 @@ pub(super) async fn fetch_streaming(
             format!("{url}: HTTP {}", response.status()),
         ));
     }
+    Ok(response)
+}
+
+/// GETs `url`, handing each chunk of the body to `on_chunk` as it arrives.
+pub(super) async fn fetch_streaming(
+    url: &str,
+    mut on_chunk: impl FnMut(&[u8]),
+) -> Result<(), FromWorker> {
+    let fetch_error = |e: JsValue| FromWorker::error("fetch", format!("{url}: {}", describe(&e)));
+    let response = get(url, &web_sys::RequestInit::new()).await?;
     let body = response
         .body()
         .ok_or_else(|| FromWorker::error("fetch", format!("{url}: no body")))?;
