@@ -9,7 +9,7 @@ use shared_proto::ContentId;
 
 use crate::p2p::identity;
 use crate::serve::default_data_dir;
-use crate::weights::fetch::{self, Destination, FetchConfig, PrintProgress};
+use crate::weights::fetch::{self, Destination, FetchConfig};
 
 /// `oracle fetch`'s flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -116,27 +116,9 @@ pub fn run(args: FetchArgs) -> anyhow::Result<()> {
     );
     config.max_rate = args.max_rate;
     config.picker.max_in_flight = args.per_peer as usize;
-    config.picker.timeout_ms = args.piece_timeout_s * 1000;
     config.timeouts.piece = std::time::Duration::from_secs(args.piece_timeout_s);
     config.stall_timeout = std::time::Duration::from_secs(args.stall_timeout_s);
-    // Two threads: hashing a piece or the whole file never holds up the
-    // connections (pings, other peers' pieces).
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let mut progress = PrintProgress::default();
-    let report = runtime.block_on(async {
-        tokio::select! {
-            report = fetch::fetch(config, key, &mut progress) => Some(report),
-            () = crate::serve::shutdown_signal() => None,
-        }
-    });
-    let Some(report) = report else {
-        bail!("interrupted: the verified pieces are kept; run the same command to resume");
-    };
-    let report = report?;
+    let report = fetch::fetch_until_signal(config, key)?;
     if let Some(path) = &args.report {
         let json = serde_json::to_vec_pretty(&report)?;
         std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))?;

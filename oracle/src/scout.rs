@@ -15,7 +15,7 @@ use shared_model::model::Llama;
 
 use crate::p2p::identity;
 use crate::serve::default_data_dir;
-use crate::weights::fetch::{self, Destination, FetchConfig, PrintProgress};
+use crate::weights::fetch::{self, Destination, FetchConfig};
 
 /// Draft layers used when neither a draft model nor a layer count is given:
 /// the default model cut short makes a usable draft model.
@@ -59,27 +59,13 @@ fn fetch_draft_model(connect: &Multiaddr, data_dir: &Path) -> anyhow::Result<Pat
     // A key of its own: the scout's connection must be the scout's alone
     // when it joins (the oracle counts a peer's first handshake).
     let key = shared_proto::Keypair::generate_ed25519();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let config = FetchConfig::new(
         None,
         vec![connect.clone()],
         Destination::Dir(data_dir.join("models")),
         data_dir.to_owned(),
     );
-    let mut progress = PrintProgress::default();
-    let report = runtime
-        .block_on(async {
-            tokio::select! {
-                report = fetch::fetch(config, key, &mut progress) => Some(report),
-                () = crate::serve::shutdown_signal() => None,
-            }
-        })
-        .context("interrupted while fetching the draft model (the verified pieces are kept)")?
-        .context("cannot fetch the draft model")?;
+    let report = fetch::fetch_until_signal(config, key).context("cannot fetch the draft model")?;
     tracing::info!(
         path = %report.path.display(),
         fetched = report.fetched,

@@ -239,7 +239,7 @@ pub(super) async fn piece(
         return (StatusCode::NOT_MODIFIED, headers_out).into_response();
     }
     // Each read holds a piece (up to 16 MiB) in memory: a few at a time.
-    let Ok(_permit) = crate::weights::PIECE_READS.try_acquire() else {
+    let Ok(_permit) = PIECE_READS.try_acquire() else {
         return ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: Some("busy"),
@@ -265,6 +265,11 @@ pub(super) async fn piece(
         Err(e) => ApiError::internal(format!("reading the model failed: {e}")).into_response(),
     }
 }
+
+/// Piece reads in flight at once on this route, all models together: each
+/// holds a piece (up to 16 MiB) in memory. (Peers on p2p have a bound of
+/// their own, so neither side starves the other.)
+static PIECE_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
 
 #[cfg(test)]
 mod tests {

@@ -24,7 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -135,7 +135,8 @@ pub struct FetchConfig {
     pub data_dir: PathBuf,
     /// Network timeouts.
     pub timeouts: NetTimeouts,
-    /// The picker's limits (requests per peer, deadline, strikes).
+    /// The picker's limits (requests per peer, strikes); its deadline is
+    /// `timeouts.piece`.
     pub picker: PickerConfig,
     /// Give up after this long without a verified piece.
     pub stall_timeout: Duration,
@@ -156,10 +157,7 @@ impl FetchConfig {
             out,
             max_rate: None,
             data_dir,
-            picker: PickerConfig {
-                timeout_ms: timeouts.piece.as_millis() as u64,
-                ..PickerConfig::default()
-            },
+            picker: PickerConfig::default(),
             timeouts,
             stall_timeout: Duration::from_secs(180),
         }
@@ -343,12 +341,38 @@ fn mono_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// Fetches on a runtime of its own until done or until SIGINT/SIGTERM (the
+/// verified pieces are kept either way), printing progress: what `oracle
+/// fetch` and a scout without a model run.
+pub fn fetch_until_signal(config: FetchConfig, key: Keypair) -> anyhow::Result<FetchReport> {
+    use anyhow::Context as _;
+    // Two threads: hashing a piece or the whole file never holds up the
+    // connections (pings, other peers' pieces).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let mut progress = PrintProgress::default();
+    let report = runtime.block_on(async {
+        tokio::select! {
+            report = fetch(config, key, &mut progress) => Some(report),
+            () = crate::serve::shutdown_signal() => None,
+        }
+    });
+    match report {
+        Some(report) => Ok(report?),
+        None => anyhow::bail!("interrupted: the verified pieces are kept; run again to resume"),
+    }
+}
+
 /// Fetches the model (or finds it complete at the destination already).
 pub async fn fetch(
-    config: FetchConfig,
+    mut config: FetchConfig,
     key: Keypair,
     sink: &mut dyn ProgressSink,
 ) -> Result<FetchReport, FetchError> {
+    config.picker.timeout_ms = config.timeouts.piece.as_millis() as u64;
     if config.bootstrap.is_empty() {
         return Err(FetchError::NoBootstrap);
     }
@@ -1098,9 +1122,4 @@ impl Download {
             sources,
         }
     }
-}
-
-/// The model's path once fetched to `dir` (see [`Destination::Dir`]).
-pub fn path_in(dir: &Path, model: &ContentId) -> PathBuf {
-    Destination::Dir(dir.to_owned()).path(model)
 }

@@ -76,11 +76,6 @@ pub fn manifest_cached(path: &Path, cache_dir: &Path) -> anyhow::Result<Manifest
     Ok(manifest)
 }
 
-/// Piece reads in flight at once on the HTTP route, all models together:
-/// each holds a piece (up to 16 MiB) in memory. (Peers on p2p have a bound
-/// of their own, so neither side starves the other.)
-pub static PIECE_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
-
 /// Piece `index` of the model file at `path`, checked against its manifest
 /// before it goes anywhere: a file changed on disk since the manifest was made
 /// is an error, never bytes sent under the piece's name.
