@@ -207,6 +207,53 @@ impl PieceRead {
 mod tests {
     use super::*;
 
+    fn refusal_code(reply: Reply) -> String {
+        match reply {
+            Reply::Now(pb::WeightsResponse {
+                answer: Some(Answer::Refused(ack)),
+            }) => ack.errors[0].code.clone(),
+            _ => panic!("not a refusal"),
+        }
+    }
+
+    #[test]
+    fn requests_for_other_models_bad_pieces_or_nothing_are_refused() {
+        let data = vec![7u8; 200_000];
+        let manifest = Manifest::build(data.as_slice(), 200_000, None, None).unwrap();
+        let cid = manifest.cid().to_bytes();
+        let offered = Offered::new(
+            vec![OfferedModel {
+                path: PathBuf::from("unused"),
+                manifest: Arc::new(manifest.clone()),
+            }],
+            false,
+        );
+        let ask = |model_cid: Vec<u8>, want| pb::WeightsRequest { model_cid, want };
+        match offered.reply(&ask(cid.clone(), Some(Want::Manifest(true)))) {
+            Reply::Now(pb::WeightsResponse {
+                answer: Some(Answer::Manifest(bytes)),
+            }) => assert_eq!(bytes, manifest.bytes()),
+            _ => panic!("no manifest"),
+        }
+        let other = shared_proto::ContentId::digest(b"another model").to_bytes();
+        assert_eq!(
+            refusal_code(offered.reply(&ask(other, Some(Want::Manifest(true))))),
+            "NOT_FOUND"
+        );
+        assert_eq!(
+            refusal_code(offered.reply(&ask(cid.clone(), Some(Want::Piece(4))))),
+            "NOT_FOUND"
+        );
+        assert_eq!(
+            refusal_code(offered.reply(&ask(cid.clone(), None))),
+            "INVALID_ARGUMENT"
+        );
+        assert!(matches!(
+            offered.reply(&ask(cid, Some(Want::Piece(3)))),
+            Reply::Read(read) if read.bytes() == 200_000 - 3 * 65_536
+        ));
+    }
+
     #[test]
     fn the_budget_caps_each_peer_and_everyone_and_frees_on_release() {
         let (a, b) = (libp2p::PeerId::random(), libp2p::PeerId::random());
