@@ -3,19 +3,44 @@
 //!
 //! | feature | type | where |
 //! |---|---|---|
-//! | `cpu` (default) | [`Cpu`] = burn's `Flex` | native CPU, threads + SIMD |
+//! | `cpu` (default) | [`Cpu`] = burn's `Flex` | native CPU: the host kernels; burn's flex for logits (and the tensor engine if asked) |
 //! | `cuda` | [`Cuda`] | NVIDIA GPUs (CUDA loaded at run time) |
 //! | `webgpu` | [`WebGpu`] | browsers (wasm32) and native GPUs via wgpu (Vulkan, Metal) |
 //!
-//! Numerics: every backend computes in f32 (weights are dequantised from GGUF
-//! once, at load). On WebGPU the device must be initialised asynchronously
-//! first ([`init_webgpu`]).
+//! Each backend also says which engine runs the model on it by default
+//! ([`Backend::KERNELS`]): on the CPU our own quantised kernels
+//! (`shared-kernels`: weights kept in their GGUF formats, 8-bit activations,
+//! integer dot products), on GPUs burn's tensor ops (weights dequantised to
+//! f32 once, at load, f32 arithmetic). On WebGPU the device must be
+//! initialised asynchronously first ([`init_webgpu`]).
 
-pub use burn::tensor::backend::Backend;
+/// Which code runs the model's arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// `shared-kernels` on the host CPU, on `threads` threads (`0`: one per
+    /// core). Logits are handed back as tensors of the backend.
+    Host {
+        /// Threads a pass is spread over.
+        threads: usize,
+    },
+    /// burn's tensor ops on the backend's device, f32 weights.
+    Tensors,
+}
+
+/// A burn backend the model runs on.
+pub trait Backend: burn::tensor::backend::Backend {
+    /// The engine [`crate::model::Llama::load`] picks on this backend.
+    const KERNELS: Kernels;
+}
 
 /// The CPU backend.
 #[cfg(feature = "cpu")]
 pub type Cpu = burn::backend::Flex;
+
+#[cfg(feature = "cpu")]
+impl Backend for Cpu {
+    const KERNELS: Kernels = Kernels::Host { threads: 0 };
+}
 
 /// The CPU device.
 #[cfg(feature = "cpu")]
@@ -27,6 +52,11 @@ pub fn cpu_device() -> burn::backend::flex::FlexDevice {
 #[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda<f32, i32>;
 
+#[cfg(feature = "cuda")]
+impl Backend for Cuda {
+    const KERNELS: Kernels = Kernels::Tensors;
+}
+
 /// CUDA device `index`.
 #[cfg(feature = "cuda")]
 pub fn cuda_device(index: usize) -> burn::backend::cuda::CudaDevice {
@@ -36,6 +66,11 @@ pub fn cuda_device(index: usize) -> burn::backend::cuda::CudaDevice {
 /// The WebGPU backend, f32.
 #[cfg(feature = "webgpu")]
 pub type WebGpu = burn::backend::WebGpu<f32, i32>;
+
+#[cfg(feature = "webgpu")]
+impl Backend for WebGpu {
+    const KERNELS: Kernels = Kernels::Tensors;
+}
 
 /// What the WebGPU adapter the model runs on says about itself.
 #[cfg(feature = "webgpu")]

@@ -26,6 +26,7 @@ pub mod config;
 pub mod draft;
 pub mod generate;
 pub mod gguf;
+mod host;
 pub mod model;
 pub mod sampling;
 pub mod session;

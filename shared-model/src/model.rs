@@ -30,9 +30,10 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Int, Tensor, TensorData};
 use thiserror::Error;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Kernels};
 use crate::config::LlamaConfig;
 use crate::gguf::{Gguf, GgufError, GgufSource};
+use crate::host::{HostCache, HostItem, HostModel, SharedHostModel};
 
 /// Longest reduction handed to one matrix product (see the module docs).
 pub const REDUCTION_CHUNK: usize = 512;
@@ -91,6 +92,18 @@ pub enum ModelError {
     /// Reading a tensor back from the device failed.
     #[error("reading a tensor from the device failed: {0}")]
     Readback(String),
+    /// The host kernels refused a tensor or a shape.
+    #[error("{tensor}: {source}")]
+    Kernel {
+        /// The tensor (or the step) concerned.
+        tensor: String,
+        /// What the kernels said.
+        source: shared_kernels::KernelError,
+    },
+    /// A cache that holds positions computed by the other engine (host
+    /// kernels vs tensor ops) of a model.
+    #[error("a cache filled by another engine of the model")]
+    CacheEngine,
 }
 
 /// Which positions of a forward pass need logits.
@@ -201,8 +214,10 @@ struct Block<B: Backend> {
 #[derive(Debug, Clone)]
 pub struct KvCache<B: Backend> {
     /// Per layer: key and value buffers, `[g, capacity, hd]`; positions
-    /// `len..capacity` are stale.
+    /// `len..capacity` are stale (the tensor engine).
     layers: Vec<Option<(Tensor<B, 3>, Tensor<B, 3>)>>,
+    /// The same in host memory (the host engine), made by its first pass.
+    host: Option<HostCache>,
     len: usize,
     /// Most positions this cache may ever hold (its memory budget).
     limit: usize,
@@ -219,6 +234,7 @@ impl<B: Backend> KvCache<B> {
     pub fn new(config: &LlamaConfig, limit: usize) -> Self {
         KvCache {
             layers: vec![None; config.n_layer],
+            host: None,
             len: 0,
             limit: limit.min(config.context_length),
             bytes_per_position: kv_bytes_per_position(config),
@@ -233,6 +249,9 @@ impl<B: Backend> KvCache<B> {
     /// Device memory the cache holds now, in bytes (its buffers' capacity,
     /// which grows by doubling up to [`KvCache::limit`]).
     pub fn allocated_bytes(&self) -> usize {
+        if let Some(host) = &self.host {
+            return host.capacity() * self.bytes_per_position;
+        }
         let capacity = self
             .layers
             .first()
@@ -298,10 +317,26 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
-/// The transformer with its weights on a device.
+/// The transformer with its weights, on a device or in host memory.
 #[derive(Debug, Clone)]
 pub struct Llama<B: Backend> {
     config: LlamaConfig,
+    engine: Engine<B>,
+    device: B::Device,
+}
+
+/// What runs the arithmetic (see [`Kernels`]).
+#[derive(Debug, Clone)]
+enum Engine<B: Backend> {
+    /// burn tensor ops on the backend's device, weights in f32.
+    Tensors(Box<TensorWeights<B>>),
+    /// `shared-kernels` on the host CPU, weights in their GGUF formats.
+    Host(SharedHostModel),
+}
+
+/// The weights of the tensor engine, dequantised to f32 on the device.
+#[derive(Debug, Clone)]
+struct TensorWeights<B: Backend> {
     /// `[v, d]`, rows looked up by token id.
     embedding: Tensor<B, 2>,
     blocks: Vec<Block<B>>,
@@ -310,22 +345,227 @@ pub struct Llama<B: Backend> {
     /// `[context, hd/2]` each.
     rope_cos: Tensor<B, 2>,
     rope_sin: Tensor<B, 2>,
-    device: B::Device,
+}
+
+/// Where each row of a pass comes from: its token and position, and which
+/// rows need logits.
+struct Rows {
+    /// Index of each item's first row.
+    offsets: Vec<usize>,
+    ids: Vec<i32>,
+    positions: Vec<i32>,
+    wanted: Vec<i32>,
+}
+
+impl Rows {
+    fn of<B: Backend>(items: &[BatchItem<'_, B>]) -> Rows {
+        let mut rows = Rows {
+            offsets: Vec::with_capacity(items.len()),
+            ids: Vec::new(),
+            positions: Vec::new(),
+            wanted: Vec::new(),
+        };
+        for item in items {
+            let (n, start) = (item.tokens.len(), item.cache.len);
+            let at = rows.ids.len();
+            rows.offsets.push(at);
+            let first = item.logits.first_row(n);
+            rows.wanted.extend((at + first..at + n).map(|r| r as i32));
+            rows.ids.extend(item.tokens.iter().map(|&t| t as i32));
+            rows.positions.extend((start..start + n).map(|p| p as i32));
+        }
+        rows
+    }
 }
 
 impl<B: Backend> Llama<B> {
-    /// Loads a model from a GGUF file onto `device`, dequantising to f32.
-    /// `max_layers` keeps only the first blocks (a cheap draft model for tests).
+    /// Loads a model from a GGUF file, on the engine the backend runs by
+    /// default ([`Backend::KERNELS`]). `max_layers` keeps only the first
+    /// blocks (a cheap draft model for tests).
     pub fn load<S: GgufSource>(
         gguf: &mut Gguf<S>,
         device: &B::Device,
         max_layers: Option<usize>,
     ) -> Result<Self, ModelError> {
+        Self::load_with(gguf, device, max_layers, B::KERNELS)
+    }
+
+    /// [`Self::load`] on the engine `kernels` names.
+    pub fn load_with<S: GgufSource>(
+        gguf: &mut Gguf<S>,
+        device: &B::Device,
+        max_layers: Option<usize>,
+        kernels: Kernels,
+    ) -> Result<Self, ModelError> {
         let mut config = LlamaConfig::from_metadata(&gguf.metadata)?;
         if let Some(max) = max_layers {
             config.n_layer = config.n_layer.min(max.max(1));
         }
-        let c = &config;
+        let engine = match kernels {
+            Kernels::Host { threads } => {
+                Engine::Host(std::sync::Arc::new(HostModel::load(gguf, &config, threads)?))
+            }
+            Kernels::Tensors => {
+                Engine::Tensors(Box::new(TensorWeights::load(gguf, &config, device)?))
+            }
+        };
+        Ok(Llama {
+            config,
+            engine,
+            device: device.clone(),
+        })
+    }
+
+    /// The model's shape.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// What runs the model: the host kernels (with their thread count and
+    /// instruction set) or the backend's tensor ops.
+    pub fn engine_description(&self) -> String {
+        match &self.engine {
+            Engine::Host(h) => format!(
+                "host kernels ({}, {} threads, {:.1} MiB of weights)",
+                h.isa().name(),
+                h.threads(),
+                h.weight_bytes() as f64 / (1 << 20) as f64
+            ),
+            Engine::Tensors(_) => "tensor ops (f32 weights)".into(),
+        }
+    }
+
+    /// An empty cache for one sequence, as long as the model's context.
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache::new(&self.config, self.config.context_length)
+    }
+
+    /// An empty cache for one sequence of at most `limit` positions.
+    pub fn new_cache_with_limit(&self, limit: usize) -> KvCache<B> {
+        KvCache::new(&self.config, limit)
+    }
+
+    /// Runs `tokens` (the next positions of the sequence in `cache`) and
+    /// returns logits for the positions `which` names, `[rows, v]`. The cache
+    /// grows by `tokens.len()`. With [`Logits::None`] it returns `[0, v]`.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache<B>,
+        which: Logits,
+    ) -> Result<Tensor<B, 2>, ModelError> {
+        let mut item = [BatchItem {
+            tokens,
+            cache,
+            logits: which,
+        }];
+        match self.forward_batch(&mut item) {
+            Ok(Some(logits)) => Ok(logits),
+            Ok(None) => Ok(Tensor::zeros([0, self.config.vocab_size], &self.device)),
+            Err(ModelError::InBatch { source, .. }) => Err(*source),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One pass over the new tokens of several sequences. Returns the logits
+    /// the items ask for, item after item, `[rows, v]` (`None` when no item
+    /// asks for any). Every item is checked before anything runs: a bad one
+    /// fails the call ([`ModelError::InBatch`]) and leaves every cache as it was.
+    pub fn forward_batch(
+        &self,
+        items: &mut [BatchItem<'_, B>],
+    ) -> Result<Option<Tensor<B, 2>>, ModelError> {
+        if items.is_empty() {
+            return Err(ModelError::Empty);
+        }
+        for (index, item) in items.iter().enumerate() {
+            self.check(item).map_err(|source| ModelError::InBatch {
+                index,
+                source: Box::new(source),
+            })?;
+        }
+        let logits = match &self.engine {
+            Engine::Tensors(weights) => weights.forward_batch(&self.config, &self.device, items),
+            Engine::Host(host) => {
+                let n_layer = self.config.n_layer;
+                let mut host_items: Vec<HostItem<'_>> = items
+                    .iter_mut()
+                    .map(|item| {
+                        let n = item.tokens.len();
+                        HostItem {
+                            tokens: item.tokens,
+                            start: item.cache.len,
+                            limit: item.cache.limit,
+                            first_logits: item.logits.first_row(n),
+                            cache: item.cache.host.get_or_insert_with(|| HostCache::new(n_layer)),
+                        }
+                    })
+                    .collect();
+                let values = host.forward(&mut host_items)?;
+                let rows = values.len() / self.config.vocab_size;
+                (rows > 0).then(|| {
+                    Tensor::from_data(
+                        TensorData::new(values, [rows, self.config.vocab_size]),
+                        &self.device,
+                    )
+                })
+            }
+        };
+        for item in items.iter_mut() {
+            item.cache.len += item.tokens.len();
+        }
+        Ok(logits)
+    }
+
+    /// Whether `item` can run: tokens present and in the vocabulary, room in
+    /// its cache, a cache of this model's shape and engine.
+    fn check(&self, item: &BatchItem<'_, B>) -> Result<(), ModelError> {
+        let c = &self.config;
+        if item.tokens.is_empty() {
+            return Err(ModelError::Empty);
+        }
+        if let Some(&id) = item.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(ModelError::BadToken {
+                id,
+                vocab: c.vocab_size,
+            });
+        }
+        let needed = item.cache.len + item.tokens.len();
+        if needed > item.cache.limit {
+            return Err(ModelError::ContextFull {
+                needed,
+                max: item.cache.limit,
+            });
+        }
+        let layers = match &item.cache.host {
+            Some(host) => host.n_layer(),
+            None => item.cache.layers.len(),
+        };
+        if layers != c.n_layer {
+            return Err(ModelError::CacheMismatch {
+                cache: layers,
+                model: c.n_layer,
+            });
+        }
+        let filled_by_host = item.cache.host.is_some();
+        let other_engine = match self.engine {
+            Engine::Host(_) => !filled_by_host && item.cache.len > 0,
+            Engine::Tensors(_) => filled_by_host,
+        };
+        if other_engine {
+            return Err(ModelError::CacheEngine);
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> TensorWeights<B> {
+    /// Dequantises the weights of `c`'s blocks to f32 on `device`.
+    fn load<S: GgufSource>(
+        gguf: &mut Gguf<S>,
+        c: &LlamaConfig,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
         let (d, kv_dim) = (c.n_embd, c.n_head_kv * c.head_dim);
         let vector = |values: Vec<f32>| {
             let len = values.len();
@@ -377,90 +617,34 @@ impl<B: Backend> Llama<B> {
         }
         let output_norm = vector(load_tensor(gguf, "output_norm.weight", &[d])?);
         let (rope_cos, rope_sin) = rope_tables::<B>(c, device);
-        Ok(Llama {
-            config,
+        Ok(TensorWeights {
             embedding,
             blocks,
             output_norm,
             output,
             rope_cos,
             rope_sin,
-            device: device.clone(),
         })
     }
 
-    /// The model's shape.
-    pub fn config(&self) -> &LlamaConfig {
-        &self.config
-    }
-
-    /// An empty cache for one sequence, as long as the model's context.
-    pub fn new_cache(&self) -> KvCache<B> {
-        KvCache::new(&self.config, self.config.context_length)
-    }
-
-    /// An empty cache for one sequence of at most `limit` positions.
-    pub fn new_cache_with_limit(&self, limit: usize) -> KvCache<B> {
-        KvCache::new(&self.config, limit)
-    }
-
-    /// Runs `tokens` (the next positions of the sequence in `cache`) and
-    /// returns logits for the positions `which` names, `[rows, v]`. The cache
-    /// grows by `tokens.len()`. With [`Logits::None`] it returns `[0, v]`.
-    pub fn forward(
+    /// The pass of [`Llama::forward_batch`] in tensor ops (items checked;
+    /// the caller advances the caches' lengths).
+    fn forward_batch(
         &self,
-        tokens: &[u32],
-        cache: &mut KvCache<B>,
-        which: Logits,
-    ) -> Result<Tensor<B, 2>, ModelError> {
-        let mut item = [BatchItem {
-            tokens,
-            cache,
-            logits: which,
-        }];
-        match self.forward_batch(&mut item) {
-            Ok(Some(logits)) => Ok(logits),
-            Ok(None) => Ok(Tensor::zeros([0, self.config.vocab_size], &self.device)),
-            Err(ModelError::InBatch { source, .. }) => Err(*source),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// One pass over the new tokens of several sequences. Returns the logits
-    /// the items ask for, item after item, `[rows, v]` (`None` when no item
-    /// asks for any). Every item is checked before anything runs: a bad one
-    /// fails the call ([`ModelError::InBatch`]) and leaves every cache as it was.
-    pub fn forward_batch(
-        &self,
+        c: &LlamaConfig,
+        device: &B::Device,
         items: &mut [BatchItem<'_, B>],
-    ) -> Result<Option<Tensor<B, 2>>, ModelError> {
-        let c = &self.config;
-        if items.is_empty() {
-            return Err(ModelError::Empty);
-        }
-        for (index, item) in items.iter().enumerate() {
-            self.check(item).map_err(|source| ModelError::InBatch {
-                index,
-                source: Box::new(source),
-            })?;
-        }
-        // Where each item's rows sit in the batch, and each row's position.
-        let mut offsets = Vec::with_capacity(items.len());
-        let mut ids = Vec::new();
-        let mut positions = Vec::new();
-        let mut wanted = Vec::new();
-        for item in items.iter() {
-            let (n, start) = (item.tokens.len(), item.cache.len);
-            offsets.push(ids.len());
-            let first = item.logits.first_row(n);
-            wanted.extend((ids.len() + first..ids.len() + n).map(|r| r as i32));
-            ids.extend(item.tokens.iter().map(|&t| t as i32));
-            positions.extend((start..start + n).map(|p| p as i32));
-        }
+    ) -> Option<Tensor<B, 2>> {
+        let Rows {
+            offsets,
+            ids,
+            positions,
+            wanted,
+        } = Rows::of(items);
         let total = ids.len();
         let int = |values: Vec<i32>| {
             let len = values.len();
-            Tensor::<B, 1, Int>::from_data(TensorData::new(values, [len]), &self.device)
+            Tensor::<B, 1, Int>::from_data(TensorData::new(values, [len]), device)
         };
         let positions = int(positions);
         let mut x = self.embedding.clone().select(0, int(ids));
@@ -498,7 +682,8 @@ impl<B: Backend> Llama<B> {
                     k.clone().narrow(0, offset, n).swap_dims(0, 1),
                     v.clone().narrow(0, offset, n).swap_dims(0, 1),
                 );
-                attended.push(self.attention(
+                attended.push(attention(
+                    c,
                     q.clone().narrow(0, offset, n),
                     &keys,
                     &values,
@@ -511,11 +696,8 @@ impl<B: Backend> Llama<B> {
             let gate = silu(block.w_gate.forward(h.clone()));
             x = x + block.w_down.forward(gate * block.w_up.forward(h));
         }
-        for item in items.iter_mut() {
-            item.cache.len += item.tokens.len();
-        }
         if wanted.is_empty() {
-            return Ok(None);
+            return None;
         }
         let x = if wanted.len() == total {
             x
@@ -523,64 +705,38 @@ impl<B: Backend> Llama<B> {
             x.select(0, int(wanted))
         };
         let x = rms_norm(x, self.output_norm.clone(), c.rms_eps);
-        Ok(Some(self.output.forward(x)))
+        Some(self.output.forward(x))
     }
 
-    /// Whether `item` can run: tokens present and in the vocabulary, room in its cache.
-    fn check(&self, item: &BatchItem<'_, B>) -> Result<(), ModelError> {
-        let c = &self.config;
-        if item.tokens.is_empty() {
-            return Err(ModelError::Empty);
-        }
-        if let Some(&id) = item.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-            return Err(ModelError::BadToken {
-                id,
-                vocab: c.vocab_size,
-            });
-        }
-        let needed = item.cache.len + item.tokens.len();
-        if needed > item.cache.limit {
-            return Err(ModelError::ContextFull {
-                needed,
-                max: item.cache.limit,
-            });
-        }
-        if item.cache.layers.len() != self.blocks.len() {
-            return Err(ModelError::CacheMismatch {
-                cache: item.cache.layers.len(),
-                model: self.blocks.len(),
-            });
-        }
-        Ok(())
-    }
+}
 
-    /// Causal grouped-query attention, one new position at a time.
-    /// `q: [n, h, hd]`, `keys`/`values: [g, start + n, hd]` → `[n, h·hd]`.
-    fn attention(
-        &self,
-        q: Tensor<B, 3>,
-        keys: &Tensor<B, 3>,
-        values: &Tensor<B, 3>,
-        start: usize,
-    ) -> Tensor<B, 2> {
-        let c = &self.config;
-        let [n, _, hd] = q.dims();
-        let group = c.n_head / c.n_head_kv;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let rows: Vec<Tensor<B, 2>> = (0..n)
-            .map(|i| {
-                let context = start + i + 1;
-                // Query heads h·group .. h·group + group share key/value head h.
-                let qi = q.clone().narrow(0, i, 1).reshape([c.n_head_kv, group, hd]);
-                let k = keys.clone().narrow(1, 0, context);
-                let v = values.clone().narrow(1, 0, context);
-                let scores = qi.matmul(k.swap_dims(1, 2)).mul_scalar(scale);
-                softmax(scores, 2).matmul(v).reshape([1, c.n_head * hd])
-            })
-            .collect();
-        Tensor::cat(rows, 0)
-    }
+/// Causal grouped-query attention, one new position at a time.
+/// `q: [n, h, hd]`, `keys`/`values: [g, start + n, hd]` → `[n, h·hd]`.
+fn attention<B: Backend>(
+c: &LlamaConfig,
+q: Tensor<B, 3>,
+    keys: &Tensor<B, 3>,
+    values: &Tensor<B, 3>,
+    start: usize,
+) -> Tensor<B, 2> {
+    let [n, _, hd] = q.dims();
+    let group = c.n_head / c.n_head_kv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let rows: Vec<Tensor<B, 2>> = (0..n)
+        .map(|i| {
+            let context = start + i + 1;
+            // Query heads h·group .. h·group + group share key/value head h.
+            let qi = q.clone().narrow(0, i, 1).reshape([c.n_head_kv, group, hd]);
+            let k = keys.clone().narrow(1, 0, context);
+            let v = values.clone().narrow(1, 0, context);
+            let scores = qi.matmul(k.swap_dims(1, 2)).mul_scalar(scale);
+            softmax(scores, 2).matmul(v).reshape([1, c.n_head * hd])
+        })
+        .collect();
+    Tensor::cat(rows, 0)
+}
 
+impl<B: Backend> Llama<B> {
     /// Bytes of key/value cache one position takes.
     pub fn kv_bytes_per_position(&self) -> usize {
         kv_bytes_per_position(&self.config)
@@ -624,7 +780,7 @@ fn kv_bytes_per_position(c: &LlamaConfig) -> usize {
 }
 
 /// Dequantises tensor `name`, checking its GGUF dims.
-fn load_tensor<S: GgufSource>(
+pub(crate) fn load_tensor<S: GgufSource>(
     gguf: &mut Gguf<S>,
     name: &str,
     expected: &[usize],
@@ -661,8 +817,9 @@ fn rope<B: Backend>(x: Tensor<B, 3>, cos: &Tensor<B, 2>, sin: &Tensor<B, 2>) -> 
     Tensor::cat(vec![rotated_even, rotated_odd], 3).reshape([n, heads, hd])
 }
 
-/// `cos(p·θ_i)` and `sin(p·θ_i)` with `θ_i = base^(−2i/hd)`, computed in f64.
-fn rope_tables<B: Backend>(c: &LlamaConfig, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
+/// `cos(p·θ_i)` and `sin(p·θ_i)` with `θ_i = base^(−2i/hd)`, computed in
+/// f64, for every position of the context: `[context, hd/2]` each, row-major.
+pub(crate) fn rope_table_values(c: &LlamaConfig) -> (Vec<f32>, Vec<f32>) {
     let half = c.head_dim / 2;
     let mut cos = Vec::with_capacity(c.context_length * half);
     let mut sin = Vec::with_capacity(c.context_length * half);
@@ -674,7 +831,13 @@ fn rope_tables<B: Backend>(c: &LlamaConfig, device: &B::Device) -> (Tensor<B, 2>
             sin.push(angle.sin() as f32);
         }
     }
-    let shape = [c.context_length, half];
+    (cos, sin)
+}
+
+/// [`rope_table_values`] as tensors on `device`.
+fn rope_tables<B: Backend>(c: &LlamaConfig, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let (cos, sin) = rope_table_values(c);
+    let shape = [c.context_length, c.head_dim / 2];
     (
         Tensor::from_data(TensorData::new(cos, shape), device),
         Tensor::from_data(TensorData::new(sin, shape), device),

@@ -1,0 +1,196 @@
+//! Activations quantised to 8 bits, row by row, for the integer kernels.
+//!
+//! Each row is quantised on its own (its blocks' scales come from its own
+//! values), so a row's quantised form never depends on what else is in the
+//! batch. Buffers are kept and reused: quantising a pass allocates nothing once
+//! the buffers have grown to the largest pass seen.
+
+use crate::format::ActKind;
+
+/// 32 activations: `value ≈ d · q`, with `s = d · Σq` (the Q4_1 kernel needs it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct Q8Block {
+    /// Scale.
+    pub d: f32,
+    /// `d · Σ q`.
+    pub s: f32,
+    /// Quantised values, −127..=127.
+    pub q: [i8; 32],
+}
+
+/// 256 activations: `value ≈ d · q`, with the sum of each 16 quantised values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct Q8KBlock {
+    /// Scale.
+    pub d: f32,
+    /// Quantised values, −127..=127.
+    pub q: [i8; 256],
+    /// `Σ q` over each run of 16.
+    pub sums: [i16; 16],
+}
+
+/// The rows of one pass in the form a weight format's kernel takes.
+#[derive(Debug, Clone, Default)]
+pub struct Activations {
+    rows: usize,
+    cols: usize,
+    f32s: Vec<f32>,
+    q8: Vec<Q8Block>,
+    q8k: Vec<Q8KBlock>,
+    kind: Option<ActKind>,
+}
+
+impl Activations {
+    /// An empty buffer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Replaces the contents with `x` (`rows × cols`, row-major) in `kind`'s
+    /// form. `cols` must be a whole number of that form's blocks.
+    ///
+    /// # Panics
+    /// If `x.len() != rows · cols` or `cols` does not split into blocks; the
+    /// model's shapes are checked when it is loaded.
+    pub fn quantize(&mut self, kind: ActKind, x: &[f32], rows: usize, cols: usize) {
+        assert_eq!(x.len(), rows * cols, "activations of the wrong size");
+        self.rows = rows;
+        self.cols = cols;
+        self.kind = Some(kind);
+        match kind {
+            ActKind::F32 => {
+                self.f32s.clear();
+                self.f32s.extend_from_slice(x);
+            }
+            ActKind::Q8 => {
+                assert!(cols.is_multiple_of(32), "a row of {cols} is not whole Q8 blocks");
+                self.q8.clear();
+                self.q8.extend(x.chunks_exact(32).map(quantize_q8));
+            }
+            ActKind::Q8K => {
+                assert!(cols.is_multiple_of(256), "a row of {cols} is not whole Q8K blocks");
+                self.q8k.clear();
+                self.q8k.extend(x.chunks_exact(256).map(quantize_q8k));
+            }
+        }
+    }
+
+    /// Rows held.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Values per row.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The form held (`None` before the first [`Self::quantize`]).
+    pub fn kind(&self) -> Option<ActKind> {
+        self.kind
+    }
+
+    /// Row `r` as f32 (after quantising to [`ActKind::F32`]).
+    pub fn f32_row(&self, r: usize) -> &[f32] {
+        &self.f32s[r * self.cols..(r + 1) * self.cols]
+    }
+
+    /// Row `r` as Q8 blocks (after quantising to [`ActKind::Q8`]).
+    pub fn q8_row(&self, r: usize) -> &[Q8Block] {
+        let n = self.cols / 32;
+        &self.q8[r * n..(r + 1) * n]
+    }
+
+    /// Row `r` as Q8K blocks (after quantising to [`ActKind::Q8K`]).
+    pub fn q8k_row(&self, r: usize) -> &[Q8KBlock] {
+        let n = self.cols / 256;
+        &self.q8k[r * n..(r + 1) * n]
+    }
+}
+
+/// The scale that maps the largest magnitude of `x` to 127, and its inverse.
+fn scale_of(x: &[f32]) -> (f32, f32) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let inverse = if d > 0.0 { 1.0 / d } else { 0.0 };
+    (d, inverse)
+}
+
+/// `round(v · inverse)` kept within ±127 (NaN becomes 0).
+fn quantize_value(v: f32, inverse: f32) -> i8 {
+    (v * inverse).round().clamp(-127.0, 127.0) as i8
+}
+
+fn quantize_q8(x: &[f32]) -> Q8Block {
+    let (d, inverse) = scale_of(x);
+    let mut q = [0i8; 32];
+    for (qi, &v) in q.iter_mut().zip(x) {
+        *qi = quantize_value(v, inverse);
+    }
+    let sum: i32 = q.iter().map(|&v| i32::from(v)).sum();
+    Q8Block {
+        d,
+        s: d * sum as f32,
+        q,
+    }
+}
+
+fn quantize_q8k(x: &[f32]) -> Q8KBlock {
+    let (d, inverse) = scale_of(x);
+    let mut q = [0i8; 256];
+    for (qi, &v) in q.iter_mut().zip(x) {
+        *qi = quantize_value(v, inverse);
+    }
+    let mut sums = [0i16; 16];
+    for (s, run) in sums.iter_mut().zip(q.chunks_exact(16)) {
+        // At most 16 · 127: fits.
+        *s = run.iter().map(|&v| i16::from(v)).sum();
+    }
+    Q8KBlock { d, q, sums }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q8_round_trips_within_half_a_step() {
+        let x: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let mut a = Activations::new();
+        a.quantize(ActKind::Q8, &x, 2, 32);
+        for r in 0..2 {
+            for (b, chunk) in a.q8_row(r).iter().zip(x[r * 32..].chunks_exact(32)) {
+                assert!(b.q.iter().any(|&q| q.abs() == 127));
+                let sum: i32 = b.q.iter().map(|&q| i32::from(q)).sum();
+                assert_eq!(b.s, b.d * sum as f32);
+                for (&q, &v) in b.q.iter().zip(chunk) {
+                    assert!((f32::from(q) * b.d - v).abs() <= b.d * 0.5 + 1e-6);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zeros_and_non_finite_values_stay_in_range() {
+        let mut a = Activations::new();
+        a.quantize(ActKind::Q8, &[0.0; 32], 1, 32);
+        assert_eq!(a.q8_row(0)[0].q, [0; 32]);
+        let mut x = vec![1.0f32; 256];
+        x[3] = f32::NAN;
+        a.quantize(ActKind::Q8K, &x, 1, 256);
+        let b = &a.q8k_row(0)[0];
+        assert_eq!(b.q[3], 0);
+        assert_eq!(b.sums[0], 15 * 127);
+    }
+
+    #[test]
+    fn a_row_quantises_the_same_alone_and_among_others() {
+        let x: Vec<f32> = (0..3 * 256).map(|i| ((i * 7919) % 1000) as f32 - 500.0).collect();
+        let (mut all, mut one) = (Activations::new(), Activations::new());
+        all.quantize(ActKind::Q8K, &x, 3, 256);
+        one.quantize(ActKind::Q8K, &x[256..512], 1, 256);
+        assert_eq!(all.q8k_row(1), one.q8k_row(0));
+    }
+}

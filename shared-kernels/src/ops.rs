@@ -1,0 +1,202 @@
+//! f32 operations on one row at a time, each reducing in one fixed order, so a
+//! row's result depends on nothing but the row. Reductions keep eight lanes
+//! (`i mod 8`) summed like [`crate::dot`]'s, which compilers turn into SIMD.
+
+use std::cell::RefCell;
+
+use crate::disjoint::Disjoint;
+use crate::dot::portable::hsum;
+use crate::pool::Pool;
+
+/// `Σ a·b` over eight lanes, then the tail in order.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let body = a.len().min(b.len()) / 8 * 8;
+    let mut acc = [0f32; 8];
+    for (ca, cb) in a[..body].chunks_exact(8).zip(b[..body].chunks_exact(8)) {
+        for lane in 0..8 {
+            acc[lane] += ca[lane] * cb[lane];
+        }
+    }
+    let mut sum = hsum(acc);
+    for (x, y) in a[body..].iter().zip(&b[body..]) {
+        sum += x * y;
+    }
+    sum
+}
+
+/// `out = x · weight / sqrt(mean(x²) + eps)`.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let mean_square = dot(x, x) / x.len() as f32;
+    let scale = 1.0 / (mean_square + eps).sqrt();
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+        *o = v * scale * w;
+    }
+}
+
+/// Rotates the adjacent pairs `(x[2i], x[2i+1])` of one head by the angles
+/// whose cosines and sines are `cos[i]`, `sin[i]` (GGUF's llama layout).
+pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    for ((pair, &c), &s) in x.chunks_exact_mut(2).zip(cos).zip(sin) {
+        let (even, odd) = (pair[0], pair[1]);
+        pair[0] = even * c - odd * s;
+        pair[1] = even * s + odd * c;
+    }
+}
+
+/// `gate · sigmoid(gate) · up`, into `gate`.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// `x += y`.
+pub fn add(x: &mut [f32], y: &[f32]) {
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// One query head attending over `context` positions of its key/value head:
+/// `keys`/`values` hold at least `context · hd` values (position-major),
+/// `scores` at least `context`. Writes `hd` values into `out`.
+///
+/// Positions are visited in order 0..context for the maximum, the sum of
+/// exponentials and the weighted sum of values: the result depends only on
+/// the query and its context.
+pub fn attend(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    context: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    let scores = &mut scores[..context];
+    let mut max = f32::NEG_INFINITY;
+    for (p, s) in scores.iter_mut().enumerate() {
+        *s = dot(q, &keys[p * hd..(p + 1) * hd]) * scale;
+        max = max.max(*s);
+    }
+    let mut total = 0f32;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        total += *s;
+    }
+    let inverse = 1.0 / total;
+    out.fill(0.0);
+    for (p, &s) in scores.iter().enumerate() {
+        let weight = s * inverse;
+        for (o, &v) in out.iter_mut().zip(&values[p * hd..(p + 1) * hd]) {
+            *o += weight * v;
+        }
+    }
+}
+
+/// What one row of a pass attends over: its sequence's cached keys and
+/// values, `[kv heads][capacity][hd]` each, of which the first `len`
+/// positions are its context.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// Keys.
+    pub keys: &'a [f32],
+    /// Values.
+    pub values: &'a [f32],
+    /// Positions each head's run of the buffers has room for.
+    pub capacity: usize,
+    /// Positions attended over.
+    pub len: usize,
+}
+
+/// Causal grouped-query attention for the rows of a pass: row `r`'s query
+/// `q[r]` (`n_head · hd` values) attends over `contexts[r]`; query heads
+/// `j·group..(j+1)·group` share key/value head `j`. Writes `out` like `q`.
+/// Rows and heads are spread over the pool; each is [`attend`], so the
+/// result is the same whatever else is in the pass.
+///
+/// # Panics
+/// If the shapes disagree (the model checks them before a pass).
+pub fn attention(
+    pool: &Pool,
+    q: &[f32],
+    contexts: &[Context<'_>],
+    n_head: usize,
+    n_head_kv: usize,
+    hd: usize,
+    out: &mut [f32],
+) {
+    let width = n_head * hd;
+    assert!(q.len() == contexts.len() * width && out.len() == q.len());
+    let group = n_head / n_head_kv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let out = Disjoint::new(out);
+    pool.run(contexts.len() * n_head, |task| {
+        let (row, head) = (task / n_head, task % n_head);
+        let c = &contexts[row];
+        let start = (head / group) * c.capacity * hd;
+        let span = start..start + c.len * hd;
+        let query = &q[row * width + head * hd..row * width + (head + 1) * hd];
+        SCORES.with_borrow_mut(|scores| {
+            if scores.len() < c.len {
+                scores.resize(c.len, 0.0);
+            }
+            attend(
+                query,
+                &c.keys[span.clone()],
+                &c.values[span],
+                c.len,
+                scale,
+                scores,
+                out.range(row * width + head * hd, hd),
+            );
+        });
+    });
+}
+
+thread_local! {
+    /// Attention scores of the task a thread runs (grows to the longest context).
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attention_over_one_position_returns_its_value() {
+        let (q, k, v) = ([1.0, 2.0], [0.5, -1.0], [3.0, 4.0]);
+        let mut out = [0f32; 2];
+        attend(&q, &k, &v, 1, 0.7, &mut [0.0; 4], &mut out);
+        assert_eq!(out, [3.0, 4.0]);
+    }
+
+    #[test]
+    fn attention_weights_follow_softmax() {
+        // Two positions with scores 0 and ln 3: weights 1/4 and 3/4.
+        let q = [1.0f32, 0.0];
+        let k = [0.0, 0.0, 3f32.ln(), 0.0];
+        let v = [4.0, 0.0, 0.0, 8.0];
+        let mut out = [0f32; 2];
+        attend(&q, &k, &v, 2, 1.0, &mut [0.0; 2], &mut out);
+        assert!((out[0] - 1.0).abs() < 1e-6 && (out[1] - 6.0).abs() < 1e-6, "{out:?}");
+    }
+
+    #[test]
+    fn rms_norm_and_rope_by_hand() {
+        let mut out = [0f32; 2];
+        rms_norm(&[3.0, 4.0], &[1.0, 2.0], 0.0, &mut out);
+        let rms = (12.5f32).sqrt();
+        assert!((out[0] - 3.0 / rms).abs() < 1e-6 && (out[1] - 8.0 / rms).abs() < 1e-6);
+        let mut x = [1.0f32, 0.0];
+        rope(&mut x, &[0.0], &[1.0]);
+        assert_eq!(x, [0.0, 1.0]);
+    }
+
+    #[test]
+    fn dot_handles_tails() {
+        let a: Vec<f32> = (0..13).map(|i| i as f32).collect();
+        assert_eq!(dot(&a, &a), (0..13).map(|i| (i * i) as f32).sum::<f32>());
+    }
+}

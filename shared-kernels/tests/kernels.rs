@@ -1,0 +1,189 @@
+//! The kernels against the arithmetic they stand for: the SIMD kernels equal
+//! the portable ones bit for bit, every format's product is the dequantised
+//! weights times the dequantised activations, and a row's result does not
+//! depend on the rows or threads beside it.
+#![allow(clippy::unwrap_used)]
+
+use half::f16;
+use proptest::prelude::*;
+use shared_kernels::{ActKind, Activations, Format, Isa, Pool, QMatrix, matmul};
+
+const FORMATS: [Format; 7] = [
+    Format::F32,
+    Format::F16,
+    Format::Q4_0,
+    Format::Q4_1,
+    Format::Q8_0,
+    Format::Q4_K,
+    Format::Q6_K,
+];
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn byte(&mut self) -> u8 {
+        (self.next() >> 32) as u8
+    }
+
+    /// Uniform in [-1, 1).
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    fn scale(&mut self) -> [u8; 2] {
+        f16::from_f32(0.002 + 0.02 * self.unit().abs()).to_le_bytes()
+    }
+}
+
+/// A row of `cols` values in `format`: random quants, sane scales.
+fn random_row(format: Format, cols: usize, rng: &mut Rng) -> Vec<u8> {
+    let (block, size) = format.block();
+    let mut out = Vec::with_capacity(format.bytes_for(cols));
+    for _ in 0..cols / block {
+        let mut b: Vec<u8> = (0..size).map(|_| rng.byte()).collect();
+        match format {
+            Format::F32 => b.copy_from_slice(&rng.unit().to_le_bytes()),
+            Format::F16 => b.copy_from_slice(&f16::from_f32(rng.unit()).to_le_bytes()),
+            Format::Q4_0 | Format::Q8_0 | Format::Q4_K => b[..2].copy_from_slice(&rng.scale()),
+            Format::Q4_1 => {
+                b[..2].copy_from_slice(&rng.scale());
+                b[2..4].copy_from_slice(&f16::from_f32(-0.1 * rng.unit().abs()).to_le_bytes());
+            }
+            Format::Q6_K => b[208..].copy_from_slice(&rng.scale()),
+        }
+        if format == Format::Q4_K {
+            b[2..4].copy_from_slice(&rng.scale());
+        }
+        out.extend_from_slice(&b);
+    }
+    out
+}
+
+fn random_matrix(format: Format, rows: usize, cols: usize, seed: u64) -> QMatrix {
+    let mut rng = Rng(seed | 1);
+    let data = (0..rows).flat_map(|_| random_row(format, cols, &mut rng)).collect();
+    QMatrix::new(format, rows, cols, data).unwrap()
+}
+
+fn random_activations(rows: usize, cols: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng(seed | 1);
+    (0..rows * cols).map(|_| rng.unit() * 4.0).collect()
+}
+
+fn product(pool: &Pool, isa: Isa, w: &QMatrix, x: &[f32], rows: usize) -> Vec<f32> {
+    let mut a = Activations::new();
+    a.quantize(w.format().activations(), x, rows, w.cols());
+    let mut out = vec![0f32; rows * w.rows()];
+    matmul(pool, isa, w, &a, &mut out).unwrap();
+    out
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
+#[test]
+fn simd_kernels_equal_the_portable_ones_bit_for_bit() {
+    let pool = Pool::new(1).unwrap();
+    if !Isa::Avx2.available() {
+        println!("this machine has no AVX2: only the portable kernels run");
+        return;
+    }
+    for format in FORMATS {
+        for (cols, seed) in [(256, 1), (512, 2), (1536, 3), (2304, 4)] {
+            let w = random_matrix(format, 37, cols, seed);
+            let x = random_activations(5, cols, seed + 100);
+            let portable = product(&pool, Isa::Portable, &w, &x, 5);
+            let simd = product(&pool, Isa::Avx2, &w, &x, 5);
+            assert_eq!(bits(&portable), bits(&simd), "{format:?} × {cols}");
+        }
+    }
+}
+
+#[test]
+fn every_format_multiplies_its_dequantised_values() {
+    let pool = Pool::new(2).unwrap();
+    let (rows, cols, m) = (19, 512, 3);
+    for format in FORMATS {
+        let w = random_matrix(format, rows, cols, 7);
+        let x = random_activations(m, cols, 8);
+        let got = product(&pool, Isa::detect(), &w, &x, m);
+        // The reference: dequantised weights times the activations as the
+        // kernel sees them (quantised, then dequantised), in f64.
+        let mut a = Activations::new();
+        a.quantize(format.activations(), &x, m, cols);
+        let seen: Vec<f32> = match format.activations() {
+            ActKind::F32 => x.clone(),
+            ActKind::Q8 => (0..m)
+                .flat_map(|r| a.q8_row(r).iter().flat_map(|b| b.q.map(|q| f32::from(q) * b.d)))
+                .collect(),
+            ActKind::Q8K => (0..m)
+                .flat_map(|r| a.q8k_row(r).iter().flat_map(|b| b.q.map(|q| f32::from(q) * b.d)))
+                .collect(),
+        };
+        let mut wr = vec![0f32; cols];
+        for o in 0..rows {
+            w.dequantize_row(o, &mut wr).unwrap();
+            for r in 0..m {
+                let xr = &seen[r * cols..(r + 1) * cols];
+                let exact: f64 = wr.iter().zip(xr).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+                let magnitude: f64 =
+                    wr.iter().zip(xr).map(|(&a, &b)| (f64::from(a) * f64::from(b)).abs()).sum();
+                let g = f64::from(got[r * rows + o]);
+                assert!(
+                    (g - exact).abs() <= 1e-5 * magnitude + 1e-6,
+                    "{format:?} row {r} col {o}: {g} vs {exact}"
+                );
+            }
+        }
+        // And the quantised activations are close to the originals.
+        let worst = x.iter().zip(&seen).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst <= 4.0 / 127.0 * 0.5 + 1e-6, "{format:?}: {worst}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Row `i` of a pass over `m` rows on `threads` threads equals the same
+    /// row multiplied alone on one thread, bit for bit.
+    #[test]
+    fn a_row_is_the_same_alone_and_in_any_batch(
+        format_index in 0..FORMATS.len(),
+        m in 1usize..18,
+        threads in 1usize..4,
+        seed in 1u64..1000,
+    ) {
+        let format = FORMATS[format_index];
+        let cols = 512;
+        let w = random_matrix(format, 67, cols, seed);
+        let x = random_activations(m, cols, seed + 1);
+        let isa = Isa::detect();
+        let all = product(&Pool::new(threads).unwrap(), isa, &w, &x, m);
+        let single = Pool::new(1).unwrap();
+        for r in 0..m {
+            let alone = product(&single, isa, &w, &x[r * cols..(r + 1) * cols], 1);
+            prop_assert_eq!(bits(&all[r * 67..(r + 1) * 67]), bits(&alone));
+        }
+    }
+}
+
+#[test]
+fn mismatched_shapes_are_errors() {
+    let pool = Pool::new(1).unwrap();
+    let w = random_matrix(Format::Q4_1, 4, 64, 1);
+    let mut a = Activations::new();
+    a.quantize(ActKind::Q8K, &[0.0; 256], 1, 256);
+    assert!(matmul(&pool, Isa::Portable, &w, &a, &mut [0.0; 4]).is_err());
+    a.quantize(ActKind::Q8, &[0.0; 64], 1, 64);
+    assert!(matmul(&pool, Isa::Portable, &w, &a, &mut [0.0; 3]).is_err());
+    assert!(matmul(&pool, Isa::Portable, &w, &a, &mut [0.0; 4]).is_ok());
+}
