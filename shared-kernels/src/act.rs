@@ -65,12 +65,18 @@ impl Activations {
                 self.f32s.extend_from_slice(x);
             }
             ActKind::Q8 => {
-                assert!(cols.is_multiple_of(32), "a row of {cols} is not whole Q8 blocks");
+                assert!(
+                    cols.is_multiple_of(32),
+                    "a row of {cols} is not whole Q8 blocks"
+                );
                 self.q8.clear();
                 self.q8.extend(x.chunks_exact(32).map(quantize_q8));
             }
             ActKind::Q8K => {
-                assert!(cols.is_multiple_of(256), "a row of {cols} is not whole Q8K blocks");
+                assert!(
+                    cols.is_multiple_of(256),
+                    "a row of {cols} is not whole Q8K blocks"
+                );
                 self.q8k.clear();
                 self.q8k.extend(x.chunks_exact(256).map(quantize_q8k));
             }
@@ -187,7 +193,9 @@ mod tests {
 
     #[test]
     fn a_row_quantises_the_same_alone_and_among_others() {
-        let x: Vec<f32> = (0..3 * 256).map(|i| ((i * 7919) % 1000) as f32 - 500.0).collect();
+        let x: Vec<f32> = (0..3 * 256)
+            .map(|i| ((i * 7919) % 1000) as f32 - 500.0)
+            .collect();
         let (mut all, mut one) = (Activations::new(), Activations::new());
         all.quantize(ActKind::Q8K, &x, 3, 256);
         one.quantize(ActKind::Q8K, &x[256..512], 1, 256);

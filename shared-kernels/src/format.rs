@@ -217,7 +217,12 @@ pub struct QMatrix {
 impl QMatrix {
     /// Wraps `data`, checking that it holds exactly `rows` rows of `cols`
     /// values in `format`.
-    pub fn new(format: Format, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self, KernelError> {
+    pub fn new(
+        format: Format,
+        rows: usize,
+        cols: usize,
+        data: Vec<u8>,
+    ) -> Result<Self, KernelError> {
         let (block, _) = format.block();
         if cols == 0 || !cols.is_multiple_of(block) {
             return Err(KernelError::Shape(format!(

@@ -180,7 +180,10 @@ mod tests {
         let v = [4.0, 0.0, 0.0, 8.0];
         let mut out = [0f32; 2];
         attend(&q, &k, &v, 2, 1.0, &mut [0.0; 2], &mut out);
-        assert!((out[0] - 1.0).abs() < 1e-6 && (out[1] - 6.0).abs() < 1e-6, "{out:?}");
+        assert!(
+            (out[0] - 1.0).abs() < 1e-6 && (out[1] - 6.0).abs() < 1e-6,
+            "{out:?}"
+        );
     }
 
     #[test]

@@ -69,7 +69,9 @@ fn random_row(format: Format, cols: usize, rng: &mut Rng) -> Vec<u8> {
 
 fn random_matrix(format: Format, rows: usize, cols: usize, seed: u64) -> QMatrix {
     let mut rng = Rng(seed | 1);
-    let data = (0..rows).flat_map(|_| random_row(format, cols, &mut rng)).collect();
+    let data = (0..rows)
+        .flat_map(|_| random_row(format, cols, &mut rng))
+        .collect();
     QMatrix::new(format, rows, cols, data).unwrap()
 }
 
@@ -123,10 +125,18 @@ fn every_format_multiplies_its_dequantised_values() {
         let seen: Vec<f32> = match format.activations() {
             ActKind::F32 => x.clone(),
             ActKind::Q8 => (0..m)
-                .flat_map(|r| a.q8_row(r).iter().flat_map(|b| b.q.map(|q| f32::from(q) * b.d)))
+                .flat_map(|r| {
+                    a.q8_row(r)
+                        .iter()
+                        .flat_map(|b| b.q.map(|q| f32::from(q) * b.d))
+                })
                 .collect(),
             ActKind::Q8K => (0..m)
-                .flat_map(|r| a.q8k_row(r).iter().flat_map(|b| b.q.map(|q| f32::from(q) * b.d)))
+                .flat_map(|r| {
+                    a.q8k_row(r)
+                        .iter()
+                        .flat_map(|b| b.q.map(|q| f32::from(q) * b.d))
+                })
                 .collect(),
         };
         let mut wr = vec![0f32; cols];
@@ -134,9 +144,16 @@ fn every_format_multiplies_its_dequantised_values() {
             w.dequantize_row(o, &mut wr).unwrap();
             for r in 0..m {
                 let xr = &seen[r * cols..(r + 1) * cols];
-                let exact: f64 = wr.iter().zip(xr).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
-                let magnitude: f64 =
-                    wr.iter().zip(xr).map(|(&a, &b)| (f64::from(a) * f64::from(b)).abs()).sum();
+                let exact: f64 = wr
+                    .iter()
+                    .zip(xr)
+                    .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                    .sum();
+                let magnitude: f64 = wr
+                    .iter()
+                    .zip(xr)
+                    .map(|(&a, &b)| (f64::from(a) * f64::from(b)).abs())
+                    .sum();
                 let g = f64::from(got[r * rows + o]);
                 assert!(
                     (g - exact).abs() <= 1e-5 * magnitude + 1e-6,
@@ -145,7 +162,11 @@ fn every_format_multiplies_its_dequantised_values() {
             }
         }
         // And the quantised activations are close to the originals.
-        let worst = x.iter().zip(&seen).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let worst = x
+            .iter()
+            .zip(&seen)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(worst <= 4.0 / 127.0 * 0.5 + 1e-6, "{format:?}: {worst}");
     }
 }

@@ -205,7 +205,11 @@ impl HostModel {
         for i in 0..c.n_layer {
             let name = |t: &str| format!("blk.{i}.{t}.weight");
             let mut m = |t: &str, n_in, n_out| matrix(gguf, &name(t), n_in, n_out);
-            let qkv = fused(vec![m("attn_q", d, d)?, m("attn_k", d, kv)?, m("attn_v", d, kv)?]);
+            let qkv = fused(vec![
+                m("attn_q", d, d)?,
+                m("attn_k", d, kv)?,
+                m("attn_v", d, kv)?,
+            ]);
             let wo = vec![m("attn_output", d, d)?];
             let gate_up = fused(vec![m("ffn_gate", d, c.n_ff)?, m("ffn_up", d, c.n_ff)?]);
             let down = vec![m("ffn_down", c.n_ff, d)?];
@@ -325,27 +329,62 @@ impl HostModel {
             let mut contexts = Vec::with_capacity(total);
             for item in items.iter() {
                 let (keys, values) = &item.cache.layers[layer];
-                contexts.extend((item.start..item.start + item.tokens.len()).map(|p| Context {
-                    keys,
-                    values,
-                    capacity: item.cache.capacity,
-                    len: p + 1,
-                }));
+                contexts.extend(
+                    (item.start..item.start + item.tokens.len()).map(|p| Context {
+                        keys,
+                        values,
+                        capacity: item.cache.capacity,
+                        len: p + 1,
+                    }),
+                );
             }
             resize(&mut s.attended, total * d);
-            ops::attention(&self.pool, &s.q, &contexts, c.n_head, g, hd, &mut s.attended);
-            self.project(&block.wo, &s.attended, total, &mut s.projected, &mut s.part, &mut s.act)?;
+            ops::attention(
+                &self.pool,
+                &s.q,
+                &contexts,
+                c.n_head,
+                g,
+                hd,
+                &mut s.attended,
+            );
+            self.project(
+                &block.wo,
+                &s.attended,
+                total,
+                &mut s.projected,
+                &mut s.part,
+                &mut s.act,
+            )?;
             ops::add(&mut s.x, &s.projected);
 
             norm_rows(&s.x, &block.ffn_norm, c.rms_eps, d, &mut s.h);
-            self.project(&block.gate_up, &s.h, total, &mut s.gate_up, &mut s.part, &mut s.act)?;
+            self.project(
+                &block.gate_up,
+                &s.h,
+                total,
+                &mut s.gate_up,
+                &mut s.part,
+                &mut s.act,
+            )?;
             resize(&mut s.ffn, total * c.n_ff);
-            for (row, out) in s.gate_up.chunks_exact_mut(2 * c.n_ff).zip(s.ffn.chunks_exact_mut(c.n_ff)) {
+            for (row, out) in s
+                .gate_up
+                .chunks_exact_mut(2 * c.n_ff)
+                .zip(s.ffn.chunks_exact_mut(c.n_ff))
+            {
                 let (gate, up) = row.split_at_mut(c.n_ff);
                 ops::silu_mul(gate, up);
                 out.copy_from_slice(gate);
             }
-            self.project(&block.down, &s.ffn, total, &mut s.projected, &mut s.part, &mut s.act)?;
+            self.project(
+                &block.down,
+                &s.ffn,
+                total,
+                &mut s.projected,
+                &mut s.part,
+                &mut s.act,
+            )?;
             ops::add(&mut s.x, &s.projected);
         }
 
@@ -358,7 +397,14 @@ impl HostModel {
         }
         let head = std::slice::from_ref(self.output.as_ref().unwrap_or(&self.embedding));
         let mut logits = Vec::new();
-        self.project(head, &s.h, wanted.len(), &mut logits, &mut s.part, &mut s.act)?;
+        self.project(
+            head,
+            &s.h,
+            wanted.len(),
+            &mut logits,
+            &mut s.part,
+            &mut s.act,
+        )?;
         Ok(logits)
     }
 

@@ -402,9 +402,9 @@ impl<B: Backend> Llama<B> {
             config.n_layer = config.n_layer.min(max.max(1));
         }
         let engine = match kernels {
-            Kernels::Host { threads } => {
-                Engine::Host(std::sync::Arc::new(HostModel::load(gguf, &config, threads)?))
-            }
+            Kernels::Host { threads } => Engine::Host(std::sync::Arc::new(HostModel::load(
+                gguf, &config, threads,
+            )?)),
             Kernels::Tensors => {
                 Engine::Tensors(Box::new(TensorWeights::load(gguf, &config, device)?))
             }
@@ -497,7 +497,10 @@ impl<B: Backend> Llama<B> {
                             start: item.cache.len,
                             limit: item.cache.limit,
                             first_logits: item.logits.first_row(n),
-                            cache: item.cache.host.get_or_insert_with(|| HostCache::new(n_layer)),
+                            cache: item
+                                .cache
+                                .host
+                                .get_or_insert_with(|| HostCache::new(n_layer)),
                         }
                     })
                     .collect();
@@ -707,14 +710,13 @@ impl<B: Backend> TensorWeights<B> {
         let x = rms_norm(x, self.output_norm.clone(), c.rms_eps);
         Some(self.output.forward(x))
     }
-
 }
 
 /// Causal grouped-query attention, one new position at a time.
 /// `q: [n, h, hd]`, `keys`/`values: [g, start + n, hd]` → `[n, h·hd]`.
 fn attention<B: Backend>(
-c: &LlamaConfig,
-q: Tensor<B, 3>,
+    c: &LlamaConfig,
+    q: Tensor<B, 3>,
     keys: &Tensor<B, 3>,
     values: &Tensor<B, 3>,
     start: usize,

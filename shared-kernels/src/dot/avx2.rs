@@ -72,39 +72,54 @@ fn qs16(b: &[u8], at: usize) -> &[u8; 16] {
     b[at..at + 16].try_into().unwrap_or(&[0; 16])
 }
 
-/// A Q4_0 row times a Q8 row.
+/// A Q4_0 row times `R` Q8 rows.
 #[target_feature(enable = "avx2,f16c")]
-pub(crate) fn q4_0(w: &[u8], x: &[Q8Block]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
+pub(crate) fn q4_0<const R: usize>(w: &[u8], xs: [&[Q8Block]; R]) -> [f32; R] {
+    let mut acc = [_mm256_setzero_ps(); R];
     let eight = _mm256_set1_epi8(8);
-    for (b, xb) in w.chunks_exact(18).zip(x) {
+    for (i, b) in w.chunks_exact(18).enumerate() {
         let q = _mm256_sub_epi8(nibbles(qs16(b, 2)), eight);
-        acc = add_lanes(acc, f16_broadcast(b, 0), xb, lanes_signed(q, activations(xb)));
+        let d = f16_broadcast(b, 0);
+        for (a, x) in acc.iter_mut().zip(xs) {
+            let xb = &x[i];
+            *a = add_lanes(*a, d, xb, lanes_signed(q, activations(xb)));
+        }
     }
-    hsum(acc)
+    acc.map(|a| hsum(a))
 }
 
-/// A Q4_1 row times a Q8 row.
+/// A Q4_1 row times `R` Q8 rows.
 #[target_feature(enable = "avx2,f16c")]
-pub(crate) fn q4_1(w: &[u8], x: &[Q8Block]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let mut mins = 0f32;
-    for (b, xb) in w.chunks_exact(20).zip(x) {
-        let lanes = lanes_unsigned(nibbles(qs16(b, 4)), activations(xb));
-        acc = add_lanes(acc, f16_broadcast(b, 0), xb, lanes);
-        mins += _mm256_cvtss_f32(f16_broadcast(b, 2)) * xb.s;
+pub(crate) fn q4_1<const R: usize>(w: &[u8], xs: [&[Q8Block]; R]) -> [f32; R] {
+    let mut acc = [_mm256_setzero_ps(); R];
+    // The running `Σ m·s` in every lane (the portable kernel's one scalar):
+    // a broadcast keeps the conversion off the sum's dependency chain, where
+    // a scalar conversion gets compiled into an insert into the sum itself.
+    let mut mins = [_mm256_setzero_ps(); R];
+    for (i, b) in w.chunks_exact(20).enumerate() {
+        let q = nibbles(qs16(b, 4));
+        let (d, m) = (f16_broadcast(b, 0), f16_broadcast(b, 2));
+        for ((a, s), x) in acc.iter_mut().zip(&mut mins).zip(xs) {
+            let xb = &x[i];
+            *a = add_lanes(*a, d, xb, lanes_unsigned(q, activations(xb)));
+            *s = _mm256_add_ps(*s, _mm256_mul_ps(m, _mm256_set1_ps(xb.s)));
+        }
     }
-    hsum(acc) + mins
+    std::array::from_fn(|r| hsum(acc[r]) + _mm256_cvtss_f32(mins[r]))
 }
 
-/// A Q8_0 row times a Q8 row.
+/// A Q8_0 row times `R` Q8 rows.
 #[target_feature(enable = "avx2,f16c")]
-pub(crate) fn q8_0(w: &[u8], x: &[Q8Block]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    for (b, xb) in w.chunks_exact(34).zip(x) {
+pub(crate) fn q8_0<const R: usize>(w: &[u8], xs: [&[Q8Block]; R]) -> [f32; R] {
+    let mut acc = [_mm256_setzero_ps(); R];
+    for (i, b) in w.chunks_exact(34).enumerate() {
         // SAFETY: a Q8_0 block is 34 bytes; bytes 2..34 are readable.
         let q = unsafe { _mm256_loadu_si256(b[2..34].as_ptr().cast()) };
-        acc = add_lanes(acc, f16_broadcast(b, 0), xb, lanes_signed(q, activations(xb)));
+        let d = f16_broadcast(b, 0);
+        for (a, x) in acc.iter_mut().zip(xs) {
+            let xb = &x[i];
+            *a = add_lanes(*a, d, xb, lanes_signed(q, activations(xb)));
+        }
     }
-    hsum(acc)
+    acc.map(|a| hsum(a))
 }

@@ -65,29 +65,55 @@ fn avx2_available() -> bool {
 
 /// A weight row times a Q8 activation row.
 pub(crate) type DotQ8 = fn(&[u8], &[Q8Block]) -> f32;
+/// A weight row times four Q8 activation rows: each result equal to the
+/// one-row kernel's on that row, bit for bit.
+pub(crate) type DotQ8x4 = fn(&[u8], [&[Q8Block]; 4]) -> [f32; 4];
 /// A weight row times a Q8K activation row.
 pub(crate) type DotQ8K = fn(&[u8], &[Q8KBlock]) -> f32;
 /// A weight row times an f32 activation row.
 pub(crate) type DotF32 = fn(&[u8], &[f32]) -> f32;
 
-/// The kernel of a format that takes Q8 activations.
-pub(crate) fn q8_kernel(isa: Isa, format: Format) -> Option<DotQ8> {
+/// The kernels of a format that takes Q8 activations.
+#[derive(Clone, Copy)]
+pub(crate) struct Q8Kernels {
+    /// One activation row.
+    pub(crate) one: DotQ8,
+    /// Four activation rows, the weight row unpacked once for them.
+    pub(crate) four: DotQ8x4,
+}
+
+/// The portable kernel over four rows: the one-row kernel, four times.
+macro_rules! portable_four {
+    ($name:ident, $one:path) => {
+        fn $name(w: &[u8], xs: [&[Q8Block]; 4]) -> [f32; 4] {
+            xs.map(|x| $one(w, x))
+        }
+    };
+}
+portable_four!(portable_q4_0_x4, portable::q4_0);
+portable_four!(portable_q4_1_x4, portable::q4_1);
+portable_four!(portable_q8_0_x4, portable::q8_0);
+
+/// The kernels of a format that takes Q8 activations.
+pub(crate) fn q8_kernels(isa: Isa, format: Format) -> Option<Q8Kernels> {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 && avx2_available() {
-        return Some(match format {
-            Format::Q4_0 => avx2_q4_0,
-            Format::Q4_1 => avx2_q4_1,
-            Format::Q8_0 => avx2_q8_0,
+        let (one, four): (DotQ8, DotQ8x4) = match format {
+            Format::Q4_0 => (avx2_q4_0, avx2_q4_0_x4),
+            Format::Q4_1 => (avx2_q4_1, avx2_q4_1_x4),
+            Format::Q8_0 => (avx2_q8_0, avx2_q8_0_x4),
             _ => return None,
-        });
+        };
+        return Some(Q8Kernels { one, four });
     }
     let _ = isa;
-    Some(match format {
-        Format::Q4_0 => portable::q4_0,
-        Format::Q4_1 => portable::q4_1,
-        Format::Q8_0 => portable::q8_0,
+    let (one, four): (DotQ8, DotQ8x4) = match format {
+        Format::Q4_0 => (portable::q4_0, portable_q4_0_x4),
+        Format::Q4_1 => (portable::q4_1, portable_q4_1_x4),
+        Format::Q8_0 => (portable::q8_0, portable_q8_0_x4),
         _ => return None,
-    })
+    };
+    Some(Q8Kernels { one, four })
 }
 
 /// The kernel of a format that takes Q8K activations.
@@ -108,20 +134,27 @@ pub(crate) fn f32_kernel(format: Format) -> Option<DotF32> {
     }
 }
 
-// SAFETY (all three): `q8_kernel` hands these out only after
-// `avx2_available()` said the CPU has AVX2 and F16C.
+/// Safe wrappers of an AVX2 kernel for one and for four rows.
 #[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-fn avx2_q4_0(w: &[u8], x: &[Q8Block]) -> f32 {
-    unsafe { avx2::q4_0(w, x) }
+macro_rules! avx2_wrappers {
+    ($one:ident, $four:ident, $kernel:ident) => {
+        #[allow(unsafe_code)]
+        fn $one(w: &[u8], x: &[Q8Block]) -> f32 {
+            // SAFETY: `q8_kernels` hands this out only after
+            // `avx2_available()` said the CPU has AVX2 and F16C.
+            let [y] = unsafe { avx2::$kernel::<1>(w, [x]) };
+            y
+        }
+        #[allow(unsafe_code)]
+        fn $four(w: &[u8], xs: [&[Q8Block]; 4]) -> [f32; 4] {
+            // SAFETY: as above.
+            unsafe { avx2::$kernel::<4>(w, xs) }
+        }
+    };
 }
 #[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-fn avx2_q4_1(w: &[u8], x: &[Q8Block]) -> f32 {
-    unsafe { avx2::q4_1(w, x) }
-}
+avx2_wrappers!(avx2_q4_0, avx2_q4_0_x4, q4_0);
 #[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-fn avx2_q8_0(w: &[u8], x: &[Q8Block]) -> f32 {
-    unsafe { avx2::q8_0(w, x) }
-}
+avx2_wrappers!(avx2_q4_1, avx2_q4_1_x4, q4_1);
+#[cfg(target_arch = "x86_64")]
+avx2_wrappers!(avx2_q8_0, avx2_q8_0_x4, q8_0);

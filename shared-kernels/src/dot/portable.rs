@@ -42,7 +42,11 @@ pub(crate) fn q4_0(w: &[u8], x: &[Q8Block]) -> f32 {
     for (b, xb) in w.chunks_exact(18).zip(x) {
         let qs = &b[2..18];
         let nibble = |e: usize| {
-            i32::from(if e < 16 { qs[e] & 0x0f } else { qs[e - 16] >> 4 }) - 8
+            i32::from(if e < 16 {
+                qs[e] & 0x0f
+            } else {
+                qs[e - 16] >> 4
+            }) - 8
         };
         add_lanes(&mut acc, f16_at(b, 0) * xb.d, lanes_of(nibble, &xb.q));
     }
@@ -55,7 +59,13 @@ pub(crate) fn q4_1(w: &[u8], x: &[Q8Block]) -> f32 {
     let mut mins = 0f32;
     for (b, xb) in w.chunks_exact(20).zip(x) {
         let qs = &b[4..20];
-        let nibble = |e: usize| i32::from(if e < 16 { qs[e] & 0x0f } else { qs[e - 16] >> 4 });
+        let nibble = |e: usize| {
+            i32::from(if e < 16 {
+                qs[e] & 0x0f
+            } else {
+                qs[e - 16] >> 4
+            })
+        };
         add_lanes(&mut acc, f16_at(b, 0) * xb.d, lanes_of(nibble, &xb.q));
         mins += f16_at(b, 2) * xb.s;
     }
