@@ -5,7 +5,7 @@
 //! batch. Buffers are kept and reused: quantising a pass allocates nothing once
 //! the buffers have grown to the largest pass seen.
 
-use crate::format::ActKind;
+use crate::format::{ActKind, GROUP, block_of_lane};
 
 /// 32 activations: `value ≈ d · q`, with `s = d · Σq` (the Q4_1 kernel needs it).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -17,6 +17,89 @@ pub struct Q8Block {
     pub s: f32,
     /// Quantised values, −127..=127.
     pub q: [i8; 32],
+}
+
+/// [`GROUP`] blocks of 32 activations arranged like a weight group (see
+/// [`crate::format::lane_of`]): per lane its block's scale, `d · Σq` and
+/// `Σq`; per pair of blocks `(a, b)` the values `a[0..16], b[0..16],
+/// a[16..32], b[16..32]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct Q8Group {
+    /// Scales, by lane.
+    pub d: [f32; 8],
+    /// `d · Σ q`, by lane.
+    pub s: [f32; 8],
+    /// `Σ q`, by lane.
+    pub sum: [i32; 8],
+    /// Quantised values, by pair.
+    pub q: [[i8; 64]; 4],
+}
+
+impl Q8Group {
+    /// Up to [`GROUP`] blocks as a group; missing blocks are zeros.
+    fn of(blocks: &[Q8Block]) -> Q8Group {
+        let zero = Q8Block {
+            d: 0.0,
+            s: 0.0,
+            q: [0; 32],
+        };
+        let block = |j: usize| blocks.get(j).unwrap_or(&zero);
+        let mut group = Q8Group {
+            d: [0.0; 8],
+            s: [0.0; 8],
+            sum: [0; 8],
+            q: [[0; 64]; 4],
+        };
+        for lane in 0..GROUP {
+            let b = block(block_of_lane(lane));
+            group.d[lane] = b.d;
+            group.s[lane] = b.s;
+            group.sum[lane] = b.q.iter().map(|&v| i32::from(v)).sum();
+        }
+        for (p, pair) in group.q.iter_mut().enumerate() {
+            let (a, b) = (&block(2 * p).q, &block(2 * p + 1).q);
+            pair[0..16].copy_from_slice(&a[0..16]);
+            pair[16..32].copy_from_slice(&b[0..16]);
+            pair[32..48].copy_from_slice(&a[16..32]);
+            pair[48..64].copy_from_slice(&b[16..32]);
+        }
+        group
+    }
+
+    /// Block `j` of the group.
+    pub fn block(&self, j: usize) -> Q8Block {
+        let lane = crate::format::lane_of(j);
+        let pair = &self.q[j / 2];
+        let half = 16 * (j % 2);
+        let mut q = [0i8; 32];
+        q[..16].copy_from_slice(&pair[half..half + 16]);
+        q[16..].copy_from_slice(&pair[32 + half..32 + half + 16]);
+        Q8Block {
+            d: self.d[lane],
+            s: self.s[lane],
+            q,
+        }
+    }
+}
+
+/// One row of Q8 activations in groups of [`GROUP`] blocks; the last group
+/// may be short, its missing blocks all zeros (they add exactly nothing).
+#[derive(Debug, Clone, Copy)]
+pub struct Q8Row<'a> {
+    /// The groups.
+    pub groups: &'a [Q8Group],
+    /// Blocks in the row.
+    pub blocks: usize,
+}
+
+impl Q8Row<'_> {
+    /// The row's blocks in order.
+    pub fn blocks(&self) -> Vec<Q8Block> {
+        (0..self.blocks)
+            .map(|b| self.groups[b / GROUP].block(b % GROUP))
+            .collect()
+    }
 }
 
 /// 256 activations: `value ≈ d · q`, with the sum of each 16 quantised values.
@@ -37,7 +120,9 @@ pub struct Activations {
     rows: usize,
     cols: usize,
     f32s: Vec<f32>,
-    q8: Vec<Q8Block>,
+    q8_groups: Vec<Q8Group>,
+    /// Blocks of one row before they are grouped.
+    row_blocks: Vec<Q8Block>,
     q8k: Vec<Q8KBlock>,
     kind: Option<ActKind>,
 }
@@ -69,8 +154,14 @@ impl Activations {
                     cols.is_multiple_of(32),
                     "a row of {cols} is not whole Q8 blocks"
                 );
-                self.q8.clear();
-                self.q8.extend(x.chunks_exact(32).map(quantize_q8));
+                self.q8_groups.clear();
+                for row in x.chunks_exact(cols) {
+                    self.row_blocks.clear();
+                    self.row_blocks
+                        .extend(row.chunks_exact(32).map(quantize_q8));
+                    let groups = self.row_blocks.chunks(GROUP).map(Q8Group::of);
+                    self.q8_groups.extend(groups);
+                }
             }
             ActKind::Q8K => {
                 assert!(
@@ -103,10 +194,14 @@ impl Activations {
         &self.f32s[r * self.cols..(r + 1) * self.cols]
     }
 
-    /// Row `r` as Q8 blocks (after quantising to [`ActKind::Q8`]).
-    pub fn q8_row(&self, r: usize) -> &[Q8Block] {
-        let n = self.cols / 32;
-        &self.q8[r * n..(r + 1) * n]
+    /// Row `r` as Q8 groups and blocks (after quantising to [`ActKind::Q8`]).
+    pub fn q8_row(&self, r: usize) -> Q8Row<'_> {
+        let blocks = self.cols / 32;
+        let groups = blocks.div_ceil(GROUP);
+        Q8Row {
+            groups: &self.q8_groups[r * groups..(r + 1) * groups],
+            blocks,
+        }
     }
 
     /// Row `r` as Q8K blocks (after quantising to [`ActKind::Q8K`]).
@@ -160,6 +255,7 @@ fn quantize_q8k(x: &[f32]) -> Q8KBlock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::lane_of;
 
     #[test]
     fn q8_round_trips_within_half_a_step() {
@@ -167,7 +263,12 @@ mod tests {
         let mut a = Activations::new();
         a.quantize(ActKind::Q8, &x, 2, 32);
         for r in 0..2 {
-            for (b, chunk) in a.q8_row(r).iter().zip(x[r * 32..].chunks_exact(32)) {
+            for (b, chunk) in a
+                .q8_row(r)
+                .blocks()
+                .iter()
+                .zip(x[r * 32..].chunks_exact(32))
+            {
                 assert!(b.q.iter().any(|&q| q.abs() == 127));
                 let sum: i32 = b.q.iter().map(|&q| i32::from(q)).sum();
                 assert_eq!(b.s, b.d * sum as f32);
@@ -182,13 +283,34 @@ mod tests {
     fn zeros_and_non_finite_values_stay_in_range() {
         let mut a = Activations::new();
         a.quantize(ActKind::Q8, &[0.0; 32], 1, 32);
-        assert_eq!(a.q8_row(0)[0].q, [0; 32]);
+        assert_eq!(a.q8_row(0).blocks()[0].q, [0; 32]);
         let mut x = vec![1.0f32; 256];
         x[3] = f32::NAN;
         a.quantize(ActKind::Q8K, &x, 1, 256);
         let b = &a.q8k_row(0)[0];
         assert_eq!(b.q[3], 0);
         assert_eq!(b.sums[0], 15 * 127);
+    }
+
+    #[test]
+    fn groups_hold_their_blocks() {
+        // 2 rows of 2 groups and 3 more blocks each.
+        let cols = 32 * (2 * GROUP + 3);
+        let x: Vec<f32> = (0..2 * cols)
+            .map(|i| ((i * 31) % 97) as f32 - 48.0)
+            .collect();
+        let mut a = Activations::new();
+        a.quantize(ActKind::Q8, &x, 2, cols);
+        for r in 0..2 {
+            let row = a.q8_row(r);
+            assert_eq!((row.groups.len(), row.blocks), (3, 19));
+            assert_eq!(row.groups[2].d[lane_of(3)], 0.0, "a missing block is zeros");
+            let expected: Vec<Q8Block> = x[r * cols..(r + 1) * cols]
+                .chunks_exact(32)
+                .map(quantize_q8)
+                .collect();
+            assert_eq!(row.blocks(), expected);
+        }
     }
 
     #[test]

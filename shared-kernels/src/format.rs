@@ -1,9 +1,13 @@
 //! Weight formats as GGUF stores them, and matrices kept in them.
 //!
 //! Block layouts follow ggml's `ggml-common.h`; every scale is a
-//! little-endian f16. A [`QMatrix`] holds the file's bytes unchanged: the
-//! kernels read the blocks directly, so a model costs in memory what it costs
-//! on disk.
+//! little-endian f16. A [`QMatrix`] holds the file's blocks, byte for byte,
+//! so a model costs in memory what it costs on disk. The 32-value formats
+//! (Q4_0, Q4_1, Q8_0) are rearranged within each row into groups of
+//! [`GROUP`] blocks (the last group of a row may be shorter) for the SIMD
+//! kernels: the group's scales side by side (one vector load gives eight),
+//! then its quantised values by pairs of blocks, so that one vector holds the
+//! same half of two blocks (see [`lane_of`]).
 
 use half::f16;
 
@@ -138,6 +142,126 @@ impl Format {
     }
 }
 
+/// Blocks per group of the interleaved layout.
+pub const GROUP: usize = 8;
+
+/// The lane (0..8) that block `j` (0..8) of a group is summed in, and the
+/// position of its scales in the group: pair `p` of blocks `(2p, 2p + 1)`
+/// goes to lanes `p` and `4 + p`, the order a vector of pairs reduces to.
+pub const fn lane_of(j: usize) -> usize {
+    (j % 2) * 4 + j / 2
+}
+
+/// The block of a group whose scales sit at `lane` (inverse of [`lane_of`]).
+pub const fn block_of_lane(lane: usize) -> usize {
+    (lane % 4) * 2 + lane / 4
+}
+
+/// Whether `format` is kept in interleaved groups.
+pub(crate) const fn interleaved(format: Format) -> bool {
+    matches!(format, Format::Q4_0 | Format::Q4_1 | Format::Q8_0)
+}
+
+/// Bytes of a block's scales in the file's layout (`d`, and `m` for Q4_1).
+pub(crate) const fn scale_bytes(format: Format) -> usize {
+    match format {
+        Format::Q4_1 => 4,
+        _ => 2,
+    }
+}
+
+/// Bytes of one pair of blocks' values in a group.
+pub(crate) const fn pair_bytes(format: Format) -> usize {
+    match format {
+        Format::Q8_0 => 64,
+        _ => 32,
+    }
+}
+
+/// Where a group of `n` blocks (8, or fewer at the end of a row) keeps its
+/// parts, relative to its start: the blocks' `d` in block order, then (Q4_1)
+/// their `m`, then the values by pairs, then an odd last block's values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GroupLayout {
+    /// Blocks in the group.
+    pub(crate) n: usize,
+    /// Start of the `m` array (Q4_1).
+    pub(crate) mins: usize,
+    /// Start of the values (pair 0).
+    pub(crate) values: usize,
+    /// Bytes per pair.
+    pub(crate) pair: usize,
+}
+
+impl GroupLayout {
+    pub(crate) const fn new(format: Format, n: usize) -> GroupLayout {
+        GroupLayout {
+            n,
+            mins: 2 * n,
+            values: scale_bytes(format) * n,
+            pair: pair_bytes(format),
+        }
+    }
+
+    /// Where block `j` keeps its values, as byte ranges in element order: a
+    /// Q4 block's 16 packed bytes; a Q8_0 block's first and last 16 values.
+    /// A pair holds the same half of both blocks side by side (Q8_0:
+    /// `a[0..16], b[0..16], a[16..32], b[16..32]`); an odd last block is alone.
+    pub(crate) fn value_ranges(&self, format: Format, j: usize) -> [std::ops::Range<usize>; 2] {
+        let in_pair = j / 2 < self.n / 2;
+        let base = self.values + (j / 2) * self.pair + if in_pair { 16 * (j % 2) } else { 0 };
+        match (format, in_pair) {
+            (Format::Q8_0, true) => [base..base + 16, base + 32..base + 48],
+            (Format::Q8_0, false) => [base..base + 16, base + 16..base + 32],
+            _ => [base..base + 16, base + 16..base + 16],
+        }
+    }
+}
+
+/// Row `src` (file layout) rearranged into groups, appended to `out`.
+fn interleave_row(format: Format, src: &[u8], out: &mut Vec<u8>) {
+    let (_, size) = format.block();
+    for blocks in src.chunks(GROUP * size) {
+        let n = blocks.len() / size;
+        let layout = GroupLayout::new(format, n);
+        let start = out.len();
+        out.resize(start + blocks.len(), 0);
+        let group = &mut out[start..];
+        for (j, block) in blocks.chunks_exact(size).enumerate() {
+            group[2 * j..2 * j + 2].copy_from_slice(&block[0..2]);
+            if format == Format::Q4_1 {
+                group[layout.mins + 2 * j..layout.mins + 2 * j + 2].copy_from_slice(&block[2..4]);
+            }
+            let mut values = &block[scale_bytes(format)..];
+            for range in layout.value_ranges(format, j) {
+                let (now, rest) = values.split_at(range.len());
+                group[range].copy_from_slice(now);
+                values = rest;
+            }
+        }
+    }
+}
+
+/// Block `b` of an interleaved row, back in the file's layout.
+fn block_from_interleaved(format: Format, row: &[u8], b: usize, out: &mut [u8]) {
+    let (_, size) = format.block();
+    let blocks = row.len() / size;
+    let (g, j) = (b / GROUP, b % GROUP);
+    let n = GROUP.min(blocks - g * GROUP);
+    let layout = GroupLayout::new(format, n);
+    let group = &row[g * GROUP * size..g * GROUP * size + n * size];
+    out[0..2].copy_from_slice(&group[2 * j..2 * j + 2]);
+    if format == Format::Q4_1 {
+        out[2..4].copy_from_slice(&group[layout.mins + 2 * j..layout.mins + 2 * j + 2]);
+    }
+    let mut at = scale_bytes(format);
+    for range in layout.value_ranges(format, j) {
+        let len = range.len();
+        out[at..at + len].copy_from_slice(&group[range]);
+        at += len;
+    }
+}
+
 /// The f16 at byte `at` of `bytes`, as f32 (exact).
 pub(crate) fn f16_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
@@ -215,8 +339,9 @@ pub struct QMatrix {
 }
 
 impl QMatrix {
-    /// Wraps `data`, checking that it holds exactly `rows` rows of `cols`
-    /// values in `format`.
+    /// Takes `data` (rows as GGUF stores them), checking that it holds
+    /// exactly `rows` rows of `cols` values in `format`, and arranges each row
+    /// for the kernels.
     pub fn new(
         format: Format,
         rows: usize,
@@ -237,6 +362,15 @@ impl QMatrix {
                 values: rows.saturating_mul(cols),
             });
         }
+        let data = if interleaved(format) {
+            let mut out = Vec::with_capacity(data.len());
+            for row in data.chunks_exact(row_bytes) {
+                interleave_row(format, row, &mut out);
+            }
+            out
+        } else {
+            data
+        };
         Ok(QMatrix {
             format,
             rows,
@@ -266,8 +400,8 @@ impl QMatrix {
         self.data.len()
     }
 
-    /// The blocks of row `r`.
-    pub fn row(&self, r: usize) -> &[u8] {
+    /// The blocks of row `r`, as the kernels read them.
+    pub(crate) fn row(&self, r: usize) -> &[u8] {
         &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
     }
 
@@ -279,7 +413,23 @@ impl QMatrix {
                 self.rows
             )));
         }
-        self.format.dequantize(self.row(r), out)
+        if !interleaved(self.format) {
+            return self.format.dequantize(self.row(r), out);
+        }
+        let (values, size) = self.format.block();
+        if out.len() != self.cols {
+            return Err(KernelError::Size {
+                format: self.format,
+                bytes: self.row_bytes,
+                values: out.len(),
+            });
+        }
+        let mut block = [0u8; 34];
+        for (b, y) in out.chunks_exact_mut(values).enumerate() {
+            block_from_interleaved(self.format, self.row(r), b, &mut block[..size]);
+            self.format.dequantize(&block[..size], y)?;
+        }
+        Ok(())
     }
 
     /// Stacks matrices with the same format and columns into one whose rows
@@ -298,8 +448,14 @@ impl QMatrix {
             }
             data.extend_from_slice(&p.data);
         }
-        let rows = parts.iter().map(|p| p.rows).sum();
-        QMatrix::new(first.format, rows, first.cols, data)
+        // Rows are arranged independently: stacking them keeps the layout.
+        Ok(QMatrix {
+            format: first.format,
+            rows: parts.iter().map(|p| p.rows).sum(),
+            cols: first.cols,
+            row_bytes: first.row_bytes,
+            data,
+        })
     }
 }
 
@@ -343,11 +499,43 @@ mod tests {
     }
 
     #[test]
+    fn interleaving_keeps_every_block() {
+        for format in [Format::Q4_0, Format::Q4_1, Format::Q8_0] {
+            let (values, size) = format.block();
+            // 2 whole groups and a short one of 3 blocks; every byte different
+            // enough to catch a misplaced one, scales kept finite.
+            let blocks = 2 * GROUP + 3;
+            let mut data: Vec<u8> = (0..blocks * size).map(|i| (i * 7 % 251) as u8).collect();
+            for b in 0..blocks {
+                data[b * size + 1] = 0x30;
+                if format == Format::Q4_1 {
+                    data[b * size + 3] = 0x30;
+                }
+            }
+            let m = QMatrix::new(format, 1, blocks * values, data.clone()).unwrap();
+            assert_ne!(m.row(0), &data[..]);
+            let mut expected = vec![0f32; blocks * values];
+            format.dequantize(&data, &mut expected).unwrap();
+            let mut got = vec![0f32; blocks * values];
+            m.dequantize_row(0, &mut got).unwrap();
+            assert_eq!(got, expected, "{format:?}");
+        }
+        for j in 0..GROUP {
+            assert_eq!(block_of_lane(lane_of(j)), j);
+        }
+    }
+
+    #[test]
     fn stacking_keeps_rows_in_order() {
         let a = QMatrix::new(Format::Q8_0, 1, 32, vec![1; 34]).unwrap();
         let b = QMatrix::new(Format::Q8_0, 2, 32, vec![2; 68]).unwrap();
         let s = QMatrix::stack(&[a, b.clone()]).unwrap();
         assert_eq!((s.rows(), s.row(0)[0], s.row(2)[0]), (3, 1, 2));
+        let mut row = [0f32; 32];
+        s.dequantize_row(2, &mut row).unwrap();
+        let mut expected = [0f32; 32];
+        b.dequantize_row(1, &mut expected).unwrap();
+        assert_eq!(row, expected);
         let c = QMatrix::new(Format::Q4_0, 1, 32, vec![0; 18]).unwrap();
         assert!(QMatrix::stack(&[b, c]).is_err());
     }

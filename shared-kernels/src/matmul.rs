@@ -9,7 +9,7 @@
 use crate::KernelError;
 use crate::act::Activations;
 use crate::disjoint::Disjoint;
-use crate::dot::{Isa, f32_kernel, q8_kernels, q8k_kernel};
+use crate::dot::{Isa, f32_kernel, q8_columns, q8k_kernel};
 use crate::format::{ActKind, QMatrix};
 use crate::pool::Pool;
 
@@ -48,24 +48,8 @@ pub fn matmul(
     let unsupported = || KernelError::Shape(format!("no kernel for {:?}", w.format()));
     match kind {
         ActKind::Q8 => {
-            let dot = q8_kernels(isa, w.format()).ok_or_else(unsupported)?;
-            pool.run(tasks, |t| {
-                for o in columns(t) {
-                    let row = w.row(o);
-                    // Four rows at a time share the unpacked weight block.
-                    let mut r = 0;
-                    while r + 4 <= m {
-                        let rows = [0, 1, 2, 3].map(|i| x.q8_row(r + i));
-                        for (i, y) in (dot.four)(row, rows).into_iter().enumerate() {
-                            out.set((r + i) * n + o, y);
-                        }
-                        r += 4;
-                    }
-                    for r in r..m {
-                        out.set(r * n + o, (dot.one)(row, x.q8_row(r)));
-                    }
-                }
-            });
+            let kernel = q8_columns(isa, w.format()).ok_or_else(unsupported)?;
+            pool.run(tasks, |t| kernel(w, columns(t), x, &out));
         }
         ActKind::Q8K => {
             let dot = q8k_kernel(w.format()).ok_or_else(unsupported)?;

@@ -36,7 +36,9 @@ pub struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("threads", &self.threads).finish()
+        f.debug_struct("Pool")
+            .field("threads", &self.threads)
+            .finish()
     }
 }
 
@@ -112,7 +114,7 @@ impl Shared {
                     break state;
                 }
                 spins = spins.wrapping_add(1);
-                if spins % 64 != 0 || idle.elapsed() < SPIN {
+                if !spins.is_multiple_of(64) || idle.elapsed() < SPIN {
                     std::hint::spin_loop();
                     continue;
                 }
@@ -145,7 +147,11 @@ impl Pool {
         } else {
             threads
         };
-        let threads = if cfg!(target_arch = "wasm32") { 1 } else { threads };
+        let threads = if cfg!(target_arch = "wasm32") {
+            1
+        } else {
+            threads
+        };
         let shared = Arc::new(Shared {
             state: AtomicU64::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),

@@ -67,6 +67,16 @@ fn random_row(format: Format, cols: usize, rng: &mut Rng) -> Vec<u8> {
     out
 }
 
+/// A row length for `format` that leaves blocks after the last whole group
+/// of the interleaved layout (19 blocks of 32), or 2 blocks of 256.
+fn cols_for(format: Format) -> usize {
+    if format.block().0 == 256 {
+        512
+    } else {
+        19 * 32
+    }
+}
+
 fn random_matrix(format: Format, rows: usize, cols: usize, seed: u64) -> QMatrix {
     let mut rng = Rng(seed | 1);
     let data = (0..rows)
@@ -100,7 +110,12 @@ fn simd_kernels_equal_the_portable_ones_bit_for_bit() {
         return;
     }
     for format in FORMATS {
-        for (cols, seed) in [(256, 1), (512, 2), (1536, 3), (2304, 4)] {
+        let shapes: [(usize, u64); 6] =
+            [(256, 1), (576, 2), (1536, 3), (2304, 4), (96, 5), (800, 6)];
+        for (cols, seed) in shapes {
+            if !cols.is_multiple_of(format.block().0) {
+                continue;
+            }
             let w = random_matrix(format, 37, cols, seed);
             let x = random_activations(5, cols, seed + 100);
             let portable = product(&pool, Isa::Portable, &w, &x, 5);
@@ -113,8 +128,9 @@ fn simd_kernels_equal_the_portable_ones_bit_for_bit() {
 #[test]
 fn every_format_multiplies_its_dequantised_values() {
     let pool = Pool::new(2).unwrap();
-    let (rows, cols, m) = (19, 512, 3);
+    let (rows, m) = (19, 3);
     for format in FORMATS {
+        let cols = cols_for(format);
         let w = random_matrix(format, rows, cols, 7);
         let x = random_activations(m, cols, 8);
         let got = product(&pool, Isa::detect(), &w, &x, m);
@@ -127,7 +143,8 @@ fn every_format_multiplies_its_dequantised_values() {
             ActKind::Q8 => (0..m)
                 .flat_map(|r| {
                     a.q8_row(r)
-                        .iter()
+                        .blocks()
+                        .into_iter()
                         .flat_map(|b| b.q.map(|q| f32::from(q) * b.d))
                 })
                 .collect(),
@@ -184,7 +201,7 @@ proptest! {
         seed in 1u64..1000,
     ) {
         let format = FORMATS[format_index];
-        let cols = 512;
+        let cols = cols_for(format);
         let w = random_matrix(format, 67, cols, seed);
         let x = random_activations(m, cols, seed + 1);
         let isa = Isa::detect();

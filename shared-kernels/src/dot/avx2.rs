@@ -1,15 +1,22 @@
 //! AVX2 kernels for the 32-value formats, bit for bit equal to
 //! [`super::portable`] (see there for the arithmetic; `tests` checks it).
 //!
-//! Integer lanes come from `maddubs` (unsigned × signed byte pairs into i16)
-//! then `madd` with ones (pairs of i16 into i32), so i32 lane `i` holds the
-//! values `4i..4i+4` of the block, as the portable kernels define. No pair can
-//! saturate: |w| ≤ 128 and |x| ≤ 127 give at most 2 · 128 · 127 < 2^15.
+//! A group of eight blocks is four pairs; one 32-byte vector holds the same
+//! half of both blocks of a pair (the layout of [`crate::format`] and
+//! [`crate::act::Q8Group`]). `maddubs` multiplies unsigned by signed bytes
+//! into i16 pairs (at most 2 · 128 · 127 < 2^15: no saturation), `madd` with
+//! ones widens them to i32, and three `hadd`s leave each block's exact sum in
+//! its lane. Then one multiply-add per group in f32, as the portable kernel.
+//! The weights of a pair are unpacked once for all `R` activation rows.
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::*;
 
-use crate::act::Q8Block;
+use std::ops::Range;
+
+use crate::act::{Activations, Q8Row};
+use crate::disjoint::Disjoint;
+use crate::format::{Format, GROUP, GroupLayout, QMatrix};
 
 /// Whether this CPU runs these kernels.
 pub(crate) fn available() -> bool {
@@ -24,102 +31,241 @@ fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<1>(t, t)))
 }
 
-/// The f16 at `b[at..at + 2]` in every lane.
-#[target_feature(enable = "avx2,f16c")]
-fn f16_broadcast(b: &[u8], at: usize) -> __m256 {
-    let bits = u16::from_le_bytes([b[at], b[at + 1]]);
-    _mm256_cvtph_ps(_mm_set1_epi16(bits as i16))
-}
-
-/// 16 bytes of packed nibbles as 32 bytes: low nibbles (values 0..16), then
-/// high nibbles (values 16..32).
+/// Eight f32 from a lane array.
 #[target_feature(enable = "avx2")]
-fn nibbles(qs: &[u8; 16]) -> __m256i {
-    // SAFETY: `qs` is 16 readable bytes; the load is unaligned.
-    let packed = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
-    let both = _mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed);
-    _mm256_and_si256(both, _mm256_set1_epi8(0x0f))
+fn f32x8(v: &[f32; 8]) -> __m256 {
+    // SAFETY: `v` is 8 readable f32; the load is unaligned.
+    unsafe { _mm256_loadu_ps(v.as_ptr()) }
 }
 
-/// The block's 32 activations.
+/// 32 bytes at `b[at..at + 32]`.
 #[target_feature(enable = "avx2")]
-fn activations(x: &Q8Block) -> __m256i {
-    // SAFETY: `x.q` is 32 readable bytes; the load is unaligned.
-    unsafe { _mm256_loadu_si256(x.q.as_ptr().cast()) }
+fn bytes32(b: &[u8], at: usize) -> __m256i {
+    let bytes = &b[at..at + 32];
+    // SAFETY: `bytes` is 32 readable bytes; the load is unaligned.
+    unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
 }
 
-/// i32 lanes of unsigned × signed bytes.
+/// 32 activation values at `q[at..at + 32]`.
 #[target_feature(enable = "avx2")]
-fn lanes_unsigned(w: __m256i, x: __m256i) -> __m256 {
-    let pairs = _mm256_maddubs_epi16(w, x);
-    _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+fn values32(q: &[i8; 64], at: usize) -> __m256i {
+    let values = &q[at..at + 32];
+    // SAFETY: `values` is 32 readable bytes; the load is unaligned.
+    unsafe { _mm256_loadu_si256(values.as_ptr().cast()) }
 }
 
-/// i32 lanes of signed × signed bytes (the sign moves onto `x`).
+/// i32 lanes: each four adjacent i16 pairs summed (`madd` with ones).
 #[target_feature(enable = "avx2")]
-fn lanes_signed(w: __m256i, x: __m256i) -> __m256 {
-    lanes_unsigned(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+fn widen(pairs: __m256i) -> __m256i {
+    _mm256_madd_epi16(pairs, _mm256_set1_epi16(1))
 }
 
-/// `acc + (d_w · d_x) · lanes`, a multiply then an add.
+/// A pair of blocks' weights, ready to multiply: for Q4 the two nibble
+/// halves as unsigned bytes (Q4_0's offset of 8 is taken off through the
+/// activations' sums); for Q8_0 the two halves as signed bytes.
+#[derive(Clone, Copy)]
+struct PairWeights {
+    first: __m256i,
+    second: __m256i,
+}
+
 #[target_feature(enable = "avx2")]
-fn add_lanes(acc: __m256, d: __m256, x: &Q8Block, lanes: __m256) -> __m256 {
-    let scale = _mm256_mul_ps(d, _mm256_set1_ps(x.d));
-    _mm256_add_ps(acc, _mm256_mul_ps(scale, lanes))
-}
-
-fn qs16(b: &[u8], at: usize) -> &[u8; 16] {
-    b[at..at + 16].try_into().unwrap_or(&[0; 16])
-}
-
-/// A Q4_0 row times `R` Q8 rows.
-#[target_feature(enable = "avx2,f16c")]
-pub(crate) fn q4_0<const R: usize>(w: &[u8], xs: [&[Q8Block]; R]) -> [f32; R] {
-    let mut acc = [_mm256_setzero_ps(); R];
-    let eight = _mm256_set1_epi8(8);
-    for (i, b) in w.chunks_exact(18).enumerate() {
-        let q = _mm256_sub_epi8(nibbles(qs16(b, 2)), eight);
-        let d = f16_broadcast(b, 0);
-        for (a, x) in acc.iter_mut().zip(xs) {
-            let xb = &x[i];
-            *a = add_lanes(*a, d, xb, lanes_signed(q, activations(xb)));
+fn pair_weights<const Q8: bool>(g: &[u8], at: usize) -> PairWeights {
+    if Q8 {
+        PairWeights {
+            first: bytes32(g, at),
+            second: bytes32(g, at + 32),
+        }
+    } else {
+        let packed = bytes32(g, at);
+        let mask = _mm256_set1_epi8(0x0f);
+        PairWeights {
+            first: _mm256_and_si256(packed, mask),
+            second: _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask),
         }
     }
-    acc.map(|a| hsum(a))
 }
 
-/// A Q4_1 row times `R` Q8 rows.
+/// Lanes 0..4: the first block's partial sums; 4..8: the second's.
+#[target_feature(enable = "avx2")]
+fn pair_sums<const Q8: bool>(w: PairWeights, x: &[i8; 64]) -> __m256i {
+    let (x0, x1) = (values32(x, 0), values32(x, 32));
+    if Q8 {
+        let p0 = _mm256_maddubs_epi16(
+            _mm256_sign_epi8(w.first, w.first),
+            _mm256_sign_epi8(x0, w.first),
+        );
+        let p1 = _mm256_maddubs_epi16(
+            _mm256_sign_epi8(w.second, w.second),
+            _mm256_sign_epi8(x1, w.second),
+        );
+        // Each i16 pair is at most 2 · 128 · 127: widen before adding.
+        _mm256_add_epi32(widen(p0), widen(p1))
+    } else {
+        // Each i16 pair is at most 2 · 15 · 127: two add without overflow.
+        let p = _mm256_add_epi16(
+            _mm256_maddubs_epi16(w.first, x0),
+            _mm256_maddubs_epi16(w.second, x1),
+        );
+        widen(p)
+    }
+}
+
+/// The exact `Σ w·x` of each block of a group, in lane order, from its four
+/// pairs' partial sums.
+#[target_feature(enable = "avx2")]
+fn group_sums(u: [__m256i; 4]) -> __m256i {
+    let h01 = _mm256_hadd_epi32(u[0], u[1]);
+    let h23 = _mm256_hadd_epi32(u[2], u[3]);
+    // [pair 0..4 first blocks | pair 0..4 second blocks] = lanes 0..8.
+    _mm256_hadd_epi32(h01, h23)
+}
+
+/// The `n` f16 scales of a group at `g[at..]` (block order) as f32 in lane
+/// order, zeros in the lanes of missing blocks.
 #[target_feature(enable = "avx2,f16c")]
-pub(crate) fn q4_1<const R: usize>(w: &[u8], xs: [&[Q8Block]; R]) -> [f32; R] {
+fn scales(g: &[u8], at: usize, n: usize) -> __m256 {
+    // A group of n blocks is at least 18·n bytes and its scales end by 4·n,
+    // so 16 bytes from `at` are inside it; lanes past n are masked off.
+    let bytes = &g[at..at + 16];
+    // SAFETY: `bytes` is 16 readable bytes; the load is unaligned.
+    let all = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) });
+    let present = _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(n as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    );
+    let kept = _mm256_and_ps(all, _mm256_castsi256_ps(present));
+    // Lane `lane_of(j)` takes block j: lanes 0..4 blocks 0, 2, 4, 6.
+    _mm256_permutevar8x32_ps(kept, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7))
+}
+
+/// The 16 bytes at `b[at..at + 16]` in the low half, zeros above.
+#[target_feature(enable = "avx2")]
+fn half16(b: &[u8], at: usize) -> __m256i {
+    let bytes = &b[at..at + 16];
+    // SAFETY: `bytes` is 16 readable bytes; the load is unaligned.
+    _mm256_zextsi128_si256(unsafe { _mm_loadu_si128(bytes.as_ptr().cast()) })
+}
+
+/// The weights of pair `p` of a group laid out as `layout`; a missing
+/// partner (an odd last block) reads as zeros.
+#[target_feature(enable = "avx2")]
+fn group_pair<const Q8: bool>(g: &[u8], layout: GroupLayout, p: usize) -> PairWeights {
+    let at = layout.values + p * layout.pair;
+    if 2 * p + 1 < layout.n {
+        return pair_weights::<Q8>(g, at);
+    }
+    if Q8 {
+        PairWeights {
+            first: half16(g, at),
+            second: half16(g, at + 16),
+        }
+    } else {
+        let packed = half16(g, at);
+        let mask = _mm256_set1_epi8(0x0f);
+        PairWeights {
+            first: _mm256_and_si256(packed, mask),
+            second: _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask),
+        }
+    }
+}
+
+/// A row of a 32-value format times `R` Q8 rows; see
+/// [`super::portable::q8_family`] for the arithmetic.
+#[target_feature(enable = "avx2,f16c")]
+fn q8_family<const FORMAT: u8, const R: usize>(w: &[u8], xs: [Q8Row<'_>; R]) -> [f32; R] {
+    let format = match FORMAT {
+        0 => Format::Q4_0,
+        1 => Format::Q4_1,
+        _ => Format::Q8_0,
+    };
+    let q8 = FORMAT == 2;
+    let (_, size) = format.block();
     let mut acc = [_mm256_setzero_ps(); R];
-    // The running `Σ m·s` in every lane (the portable kernel's one scalar):
-    // a broadcast keeps the conversion off the sum's dependency chain, where
-    // a scalar conversion gets compiled into an insert into the sum itself.
     let mut mins = [_mm256_setzero_ps(); R];
-    for (i, b) in w.chunks_exact(20).enumerate() {
-        let q = nibbles(qs16(b, 4));
-        let (d, m) = (f16_broadcast(b, 0), f16_broadcast(b, 2));
-        for ((a, s), x) in acc.iter_mut().zip(&mut mins).zip(xs) {
-            let xb = &x[i];
-            *a = add_lanes(*a, d, xb, lanes_unsigned(q, activations(xb)));
-            *s = _mm256_add_ps(*s, _mm256_mul_ps(m, _mm256_set1_ps(xb.s)));
+    for (gi, g) in w.chunks(GROUP * size).enumerate() {
+        let layout = GroupLayout::new(format, g.len() / size);
+        let pairs = layout.n.div_ceil(2);
+        let mut weights = [PairWeights {
+            first: _mm256_setzero_si256(),
+            second: _mm256_setzero_si256(),
+        }; 4];
+        for (p, w) in weights.iter_mut().enumerate().take(pairs) {
+            *w = if q8 {
+                group_pair::<true>(g, layout, p)
+            } else {
+                group_pair::<false>(g, layout, p)
+            };
+        }
+        let d = scales(g, 0, layout.n);
+        let m = if FORMAT == 1 {
+            scales(g, layout.mins, layout.n)
+        } else {
+            _mm256_setzero_ps()
+        };
+        for r in 0..R {
+            let xg = &xs[r].groups[gi];
+            let u: [__m256i; 4] = std::array::from_fn(|p| {
+                if p >= pairs {
+                    _mm256_setzero_si256()
+                } else if q8 {
+                    pair_sums::<true>(weights[p], &xg.q[p])
+                } else {
+                    pair_sums::<false>(weights[p], &xg.q[p])
+                }
+            });
+            let mut sums = group_sums(u);
+            if FORMAT == 0 {
+                // Σ (n − 8)·x = Σ n·x − 8·Σ x, exactly.
+                // SAFETY: `xg.sum` is 8 readable i32; the load is unaligned.
+                let xsum = unsafe { _mm256_loadu_si256(xg.sum.as_ptr().cast()) };
+                sums = _mm256_sub_epi32(sums, _mm256_slli_epi32::<3>(xsum));
+            }
+            let scale = _mm256_mul_ps(d, f32x8(&xg.d));
+            acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(scale, _mm256_cvtepi32_ps(sums)));
+            if FORMAT == 1 {
+                mins[r] = _mm256_add_ps(mins[r], _mm256_mul_ps(m, f32x8(&xg.s)));
+            }
         }
     }
-    std::array::from_fn(|r| hsum(acc[r]) + _mm256_cvtss_f32(mins[r]))
+    std::array::from_fn(|r| {
+        if FORMAT == 1 {
+            hsum(acc[r]) + hsum(mins[r])
+        } else {
+            hsum(acc[r])
+        }
+    })
 }
 
-/// A Q8_0 row times `R` Q8 rows.
+/// Output columns `columns` of `w` times every row of `x`, rows four at a
+/// time, then two, then one (see [`super::Q8Columns`]).
 #[target_feature(enable = "avx2,f16c")]
-pub(crate) fn q8_0<const R: usize>(w: &[u8], xs: [&[Q8Block]; R]) -> [f32; R] {
-    let mut acc = [_mm256_setzero_ps(); R];
-    for (i, b) in w.chunks_exact(34).enumerate() {
-        // SAFETY: a Q8_0 block is 34 bytes; bytes 2..34 are readable.
-        let q = unsafe { _mm256_loadu_si256(b[2..34].as_ptr().cast()) };
-        let d = f16_broadcast(b, 0);
-        for (a, x) in acc.iter_mut().zip(xs) {
-            let xb = &x[i];
-            *a = add_lanes(*a, d, xb, lanes_signed(q, activations(xb)));
+pub(crate) fn columns<const FORMAT: u8>(
+    w: &QMatrix,
+    columns: Range<usize>,
+    x: &Activations,
+    out: &Disjoint<'_>,
+) {
+    let (m, n) = (x.rows(), w.rows());
+    for o in columns {
+        let row = w.row(o);
+        let mut r = 0;
+        while r + 4 <= m {
+            let ys = q8_family::<FORMAT, 4>(row, [0, 1, 2, 3].map(|i| x.q8_row(r + i)));
+            for (i, y) in ys.into_iter().enumerate() {
+                out.set((r + i) * n + o, y);
+            }
+            r += 4;
+        }
+        if r + 2 <= m {
+            let ys = q8_family::<FORMAT, 2>(row, [x.q8_row(r), x.q8_row(r + 1)]);
+            out.set(r * n + o, ys[0]);
+            out.set((r + 1) * n + o, ys[1]);
+            r += 2;
+        }
+        if r < m {
+            let [y] = q8_family::<FORMAT, 1>(row, [x.q8_row(r)]);
+            out.set(r * n + o, y);
         }
     }
-    acc.map(|a| hsum(a))
 }

@@ -8,8 +8,11 @@ mod avx2;
 
 use std::sync::OnceLock;
 
-use crate::act::{Q8Block, Q8KBlock};
-use crate::format::Format;
+use std::ops::Range;
+
+use crate::act::{Activations, Q8KBlock};
+use crate::disjoint::Disjoint;
+use crate::format::{Format, QMatrix};
 
 /// The instruction set the kernels use. Results are the same on every one
 /// (the portable kernels define them; the others are tested against them).
@@ -63,57 +66,42 @@ fn avx2_available() -> bool {
     false
 }
 
-/// A weight row times a Q8 activation row.
-pub(crate) type DotQ8 = fn(&[u8], &[Q8Block]) -> f32;
-/// A weight row times four Q8 activation rows: each result equal to the
-/// one-row kernel's on that row, bit for bit.
-pub(crate) type DotQ8x4 = fn(&[u8], [&[Q8Block]; 4]) -> [f32; 4];
+/// Output columns `columns` of `w` times every row of `x` (Q8), written to
+/// `out[r · w.rows() + o]`. Each `(row, column)` result is the same whatever
+/// the other rows and columns are (the SIMD kernels group rows in fours to
+/// share unpacked weights, with each row's arithmetic unchanged).
+pub(crate) type Q8Columns = fn(&QMatrix, Range<usize>, &Activations, &Disjoint<'_>);
 /// A weight row times a Q8K activation row.
 pub(crate) type DotQ8K = fn(&[u8], &[Q8KBlock]) -> f32;
 /// A weight row times an f32 activation row.
 pub(crate) type DotF32 = fn(&[u8], &[f32]) -> f32;
 
-/// The kernels of a format that takes Q8 activations.
-#[derive(Clone, Copy)]
-pub(crate) struct Q8Kernels {
-    /// One activation row.
-    pub(crate) one: DotQ8,
-    /// Four activation rows, the weight row unpacked once for them.
-    pub(crate) four: DotQ8x4,
-}
-
-/// The portable kernel over four rows: the one-row kernel, four times.
-macro_rules! portable_four {
-    ($name:ident, $one:path) => {
-        fn $name(w: &[u8], xs: [&[Q8Block]; 4]) -> [f32; 4] {
-            xs.map(|x| $one(w, x))
+/// The portable kernel over columns.
+fn portable_columns(w: &QMatrix, columns: Range<usize>, x: &Activations, out: &Disjoint<'_>) {
+    let (m, n) = (x.rows(), w.rows());
+    for o in columns {
+        let row = w.row(o);
+        for r in 0..m {
+            out.set(r * n + o, portable::q8_family(w.format(), row, x.q8_row(r)));
         }
-    };
+    }
 }
-portable_four!(portable_q4_0_x4, portable::q4_0);
-portable_four!(portable_q4_1_x4, portable::q4_1);
-portable_four!(portable_q8_0_x4, portable::q8_0);
 
-/// The kernels of a format that takes Q8 activations.
-pub(crate) fn q8_kernels(isa: Isa, format: Format) -> Option<Q8Kernels> {
+/// The kernel over columns of a format that takes Q8 activations.
+pub(crate) fn q8_columns(isa: Isa, format: Format) -> Option<Q8Columns> {
+    if !matches!(format, Format::Q4_0 | Format::Q4_1 | Format::Q8_0) {
+        return None;
+    }
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 && avx2_available() {
-        let (one, four): (DotQ8, DotQ8x4) = match format {
-            Format::Q4_0 => (avx2_q4_0, avx2_q4_0_x4),
-            Format::Q4_1 => (avx2_q4_1, avx2_q4_1_x4),
-            Format::Q8_0 => (avx2_q8_0, avx2_q8_0_x4),
-            _ => return None,
-        };
-        return Some(Q8Kernels { one, four });
+        return Some(match format {
+            Format::Q4_0 => avx2_q4_0,
+            Format::Q4_1 => avx2_q4_1,
+            _ => avx2_q8_0,
+        });
     }
     let _ = isa;
-    let (one, four): (DotQ8, DotQ8x4) = match format {
-        Format::Q4_0 => (portable::q4_0, portable_q4_0_x4),
-        Format::Q4_1 => (portable::q4_1, portable_q4_1_x4),
-        Format::Q8_0 => (portable::q8_0, portable_q8_0_x4),
-        _ => return None,
-    };
-    Some(Q8Kernels { one, four })
+    Some(portable_columns)
 }
 
 /// The kernel of a format that takes Q8K activations.
@@ -134,27 +122,21 @@ pub(crate) fn f32_kernel(format: Format) -> Option<DotF32> {
     }
 }
 
-/// Safe wrappers of an AVX2 kernel for one and for four rows.
+/// A safe wrapper of the AVX2 kernel over columns for one format.
 #[cfg(target_arch = "x86_64")]
-macro_rules! avx2_wrappers {
-    ($one:ident, $four:ident, $kernel:ident) => {
+macro_rules! avx2_wrapper {
+    ($name:ident, $format:literal) => {
         #[allow(unsafe_code)]
-        fn $one(w: &[u8], x: &[Q8Block]) -> f32 {
-            // SAFETY: `q8_kernels` hands this out only after
+        fn $name(w: &QMatrix, columns: Range<usize>, x: &Activations, out: &Disjoint<'_>) {
+            // SAFETY: `q8_columns` hands this out only after
             // `avx2_available()` said the CPU has AVX2 and F16C.
-            let [y] = unsafe { avx2::$kernel::<1>(w, [x]) };
-            y
-        }
-        #[allow(unsafe_code)]
-        fn $four(w: &[u8], xs: [&[Q8Block]; 4]) -> [f32; 4] {
-            // SAFETY: as above.
-            unsafe { avx2::$kernel::<4>(w, xs) }
+            unsafe { avx2::columns::<$format>(w, columns, x, out) }
         }
     };
 }
 #[cfg(target_arch = "x86_64")]
-avx2_wrappers!(avx2_q4_0, avx2_q4_0_x4, q4_0);
+avx2_wrapper!(avx2_q4_0, 0);
 #[cfg(target_arch = "x86_64")]
-avx2_wrappers!(avx2_q4_1, avx2_q4_1_x4, q4_1);
+avx2_wrapper!(avx2_q4_1, 1);
 #[cfg(target_arch = "x86_64")]
-avx2_wrappers!(avx2_q8_0, avx2_q8_0_x4, q8_0);
+avx2_wrapper!(avx2_q8_0, 2);

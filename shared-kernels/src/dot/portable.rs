@@ -2,16 +2,14 @@
 //! the SIMD kernels must give these results bit for bit (tested), so a
 //! result never depends on the machine's instruction set.
 //!
-//! The 32-value formats (Q4_0, Q4_1, Q8_0) keep eight f32 lanes. Lane `i` of
-//! a block is the exact integer `Σ w·x` over the block's values `4i..4i+4`;
-//! it is scaled by `d_w · d_x` and added to the lane's running sum (a multiply
-//! then an add, never fused). At the end the lanes are summed pairwise
-//! ([`hsum`]) and, for Q4_1, the running sum of `m · s` is added. The K
-//! formats reduce each 256-value block to exact integers and add their scaled
-//! sum to one running f32.
+//! The 32-value formats (Q4_0, Q4_1, Q8_0) keep eight f32 lanes, one per
+//! block of a group of eight ([`q8_family`]). The K formats reduce each
+//! 256-value block to exact integers and add their scaled sum to one running
+//! f32. Integer sums are exact, so only the order of the f32 operations
+//! matters, and that is fixed here.
 
-use crate::act::{Q8Block, Q8KBlock};
-use crate::format::{f16_at, k_scale_min, q6_k_value};
+use crate::act::{Q8KBlock, Q8Row};
+use crate::format::{Format, GROUP, GroupLayout, f16_at, k_scale_min, lane_of, q6_k_value};
 
 /// `((a0 + a4) + (a2 + a6)) + ((a1 + a5) + (a3 + a7))`: the order an AVX2
 /// horizontal sum takes.
@@ -20,66 +18,64 @@ pub(crate) fn hsum(a: [f32; 8]) -> f32 {
     (s[0] + s[2]) + (s[1] + s[3])
 }
 
-/// Adds one block's eight integer lanes, scaled, to the running lanes.
-fn add_lanes(acc: &mut [f32; 8], scale: f32, lanes: [i32; 8]) {
-    for (a, l) in acc.iter_mut().zip(lanes) {
-        *a += scale * l as f32;
+/// The integer value of element `e` (0..32) of a 32-value block whose
+/// values start at `values` in `bytes` (file order: Q4 packs element `e` and
+/// `e + 16` in byte `e`).
+fn weight(format: Format, values: &[u8], e: usize) -> i32 {
+    match format {
+        Format::Q4_0 => nibble(values, e) - 8,
+        Format::Q4_1 => nibble(values, e),
+        _ => i32::from(values[e] as i8),
     }
 }
 
-/// Integer lanes of 32 weights (as integers) times 32 activations.
-fn lanes_of(w: impl Fn(usize) -> i32, x: &[i8; 32]) -> [i32; 8] {
-    let mut lanes = [0i32; 8];
-    for (e, &xe) in x.iter().enumerate() {
-        lanes[e / 4] += w(e) * i32::from(xe);
-    }
-    lanes
+fn nibble(qs: &[u8], e: usize) -> i32 {
+    i32::from(if e < 16 {
+        qs[e] & 0x0f
+    } else {
+        qs[e - 16] >> 4
+    })
 }
 
-/// A Q4_0 row times a Q8 row.
-pub(crate) fn q4_0(w: &[u8], x: &[Q8Block]) -> f32 {
+/// A row of a 32-value format (interleaved, see [`crate::format`]) times a
+/// Q8 row.
+///
+/// Block `j` of each group is summed in lane [`lane_of`]`(j)`: its exact
+/// integer `Σ w·x` is scaled by `d_w · d_x` and added to the lane (a multiply
+/// then an add, never fused); for Q4_1 the lane's running `Σ m·s` grows
+/// alongside. A short last group leaves its missing lanes alone (the SIMD
+/// kernels add exact zeros there, which changes nothing: a lane that starts
+/// at +0 never becomes −0). The result is [`hsum`] of the lanes, plus
+/// [`hsum`] of the mins for Q4_1.
+pub(crate) fn q8_family(format: Format, w: &[u8], x: Q8Row<'_>) -> f32 {
+    let (_, size) = format.block();
     let mut acc = [0f32; 8];
-    for (b, xb) in w.chunks_exact(18).zip(x) {
-        let qs = &b[2..18];
-        let nibble = |e: usize| {
-            i32::from(if e < 16 {
-                qs[e] & 0x0f
-            } else {
-                qs[e - 16] >> 4
-            }) - 8
-        };
-        add_lanes(&mut acc, f16_at(b, 0) * xb.d, lanes_of(nibble, &xb.q));
+    let mut mins = [0f32; 8];
+    for (g, xg) in w.chunks(GROUP * size).zip(x.groups) {
+        let layout = GroupLayout::new(format, g.len() / size);
+        for j in 0..layout.n {
+            let lane = lane_of(j);
+            let xb = xg.block(j);
+            let mut values = [0u8; 32];
+            let mut at = 0;
+            for range in layout.value_ranges(format, j) {
+                values[at..at + range.len()].copy_from_slice(&g[range.clone()]);
+                at += range.len();
+            }
+            let isum: i32 = (0..32)
+                .map(|e| weight(format, &values, e) * i32::from(xb.q[e]))
+                .sum();
+            acc[lane] += (f16_at(g, 2 * j) * xb.d) * isum as f32;
+            if format == Format::Q4_1 {
+                mins[lane] += f16_at(g, layout.mins + 2 * j) * xb.s;
+            }
+        }
     }
-    hsum(acc)
-}
-
-/// A Q4_1 row times a Q8 row.
-pub(crate) fn q4_1(w: &[u8], x: &[Q8Block]) -> f32 {
-    let mut acc = [0f32; 8];
-    let mut mins = 0f32;
-    for (b, xb) in w.chunks_exact(20).zip(x) {
-        let qs = &b[4..20];
-        let nibble = |e: usize| {
-            i32::from(if e < 16 {
-                qs[e] & 0x0f
-            } else {
-                qs[e - 16] >> 4
-            })
-        };
-        add_lanes(&mut acc, f16_at(b, 0) * xb.d, lanes_of(nibble, &xb.q));
-        mins += f16_at(b, 2) * xb.s;
+    if format == Format::Q4_1 {
+        hsum(acc) + hsum(mins)
+    } else {
+        hsum(acc)
     }
-    hsum(acc) + mins
-}
-
-/// A Q8_0 row times a Q8 row.
-pub(crate) fn q8_0(w: &[u8], x: &[Q8Block]) -> f32 {
-    let mut acc = [0f32; 8];
-    for (b, xb) in w.chunks_exact(34).zip(x) {
-        let q = |e: usize| i32::from(b[2 + e] as i8);
-        add_lanes(&mut acc, f16_at(b, 0) * xb.d, lanes_of(q, &xb.q));
-    }
-    hsum(acc)
 }
 
 /// A Q4_K row times a Q8K row.
