@@ -5,6 +5,7 @@
 //! batch. Buffers are kept and reused: quantising a pass allocates nothing once
 //! the buffers have grown to the largest pass seen.
 
+use crate::dot::Isa;
 use crate::format::{ActKind, GROUP, block_of_lane};
 
 /// 32 activations: `value ≈ d · q`, with `s = d · Σq` (the Q4_1 kernel needs it).
@@ -140,6 +141,12 @@ impl Activations {
     /// If `x.len() != rows · cols` or `cols` does not split into blocks; the
     /// model's shapes are checked when it is loaded.
     pub fn quantize(&mut self, kind: ActKind, x: &[f32], rows: usize, cols: usize) {
+        self.quantize_on(Isa::detect(), kind, x, rows, cols);
+    }
+
+    /// [`Self::quantize`] with the instruction set `isa` (the result is the
+    /// same on every one; tests compare them).
+    pub fn quantize_on(&mut self, isa: Isa, kind: ActKind, x: &[f32], rows: usize, cols: usize) {
         assert_eq!(x.len(), rows * cols, "activations of the wrong size");
         self.rows = rows;
         self.cols = cols;
@@ -157,8 +164,7 @@ impl Activations {
                 self.q8_groups.clear();
                 for row in x.chunks_exact(cols) {
                     self.row_blocks.clear();
-                    self.row_blocks
-                        .extend(row.chunks_exact(32).map(quantize_q8));
+                    quantize_row_q8(isa, row, &mut self.row_blocks);
                     let groups = self.row_blocks.chunks(GROUP).map(Q8Group::of);
                     self.q8_groups.extend(groups);
                 }
@@ -212,6 +218,7 @@ impl Activations {
 }
 
 /// The scale that maps the largest magnitude of `x` to 127, and its inverse.
+#[inline(always)]
 fn scale_of(x: &[f32]) -> (f32, f32) {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
@@ -220,10 +227,33 @@ fn scale_of(x: &[f32]) -> (f32, f32) {
 }
 
 /// `round(v · inverse)` kept within ±127 (NaN becomes 0).
+#[inline(always)]
 fn quantize_value(v: f32, inverse: f32) -> i8 {
     (v * inverse).round().clamp(-127.0, 127.0) as i8
 }
 
+/// A row's Q8 blocks, appended to `out`.
+#[allow(unsafe_code)]
+fn quantize_row_q8(isa: Isa, row: &[f32], out: &mut Vec<Q8Block>) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && isa.available() {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        unsafe { quantize_row_q8_avx2(row, out) };
+        return;
+    }
+    let _ = isa;
+    out.extend(row.chunks_exact(32).map(quantize_q8));
+}
+
+/// [`quantize_row_q8`] compiled for AVX2 (rounding and the rest are the same
+/// IEEE operations, so the same result).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn quantize_row_q8_avx2(row: &[f32], out: &mut Vec<Q8Block>) {
+    out.extend(row.chunks_exact(32).map(quantize_q8));
+}
+
+#[inline(always)]
 fn quantize_q8(x: &[f32]) -> Q8Block {
     let (d, inverse) = scale_of(x);
     let mut q = [0i8; 32];

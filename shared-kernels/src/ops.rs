@@ -5,10 +5,12 @@
 use std::cell::RefCell;
 
 use crate::disjoint::Disjoint;
+use crate::dot::Isa;
 use crate::dot::portable::hsum;
 use crate::pool::Pool;
 
 /// `Σ a·b` over eight lanes, then the tail in order.
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let body = a.len().min(b.len()) / 8 * 8;
     let mut acc = [0f32; 8];
@@ -64,6 +66,7 @@ pub fn add(x: &mut [f32], y: &[f32]) {
 /// Positions are visited in order 0..context for the maximum, the sum of
 /// exponentials and the weighted sum of values: the result depends only on
 /// the query and its context.
+#[inline(always)]
 pub fn attend(
     q: &[f32],
     keys: &[f32],
@@ -118,8 +121,10 @@ pub struct Context<'a> {
 ///
 /// # Panics
 /// If the shapes disagree (the model checks them before a pass).
+#[allow(unsafe_code)]
 pub fn attention(
     pool: &Pool,
+    isa: Isa,
     q: &[f32],
     contexts: &[Context<'_>],
     n_head: usize,
@@ -142,17 +147,35 @@ pub fn attention(
             if scores.len() < c.len {
                 scores.resize(c.len, 0.0);
             }
-            attend(
-                query,
-                &c.keys[span.clone()],
-                &c.values[span],
-                c.len,
-                scale,
-                scores,
-                out.range(row * width + head * hd, hd),
-            );
+            let (keys, values) = (&c.keys[span.clone()], &c.values[span]);
+            let out = out.range(row * width + head * hd, hd);
+            #[cfg(target_arch = "x86_64")]
+            if isa == Isa::Avx2 && isa.available() {
+                // SAFETY: the CPU has AVX2 (checked just above).
+                unsafe { attend_avx2(query, keys, values, c.len, scale, scores, out) };
+                return;
+            }
+            let _ = isa;
+            attend(query, keys, values, c.len, scale, scores, out);
         });
     });
+}
+
+/// [`attend`] compiled for AVX2: the same operations in the same order on
+/// wider registers, so the same result bit for bit (no fused multiply-adds:
+/// Rust never contracts `a * b + c`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn attend_avx2(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    context: usize,
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    attend(q, keys, values, context, scale, scores, out);
 }
 
 thread_local! {

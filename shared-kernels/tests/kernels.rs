@@ -6,6 +6,7 @@
 
 use half::f16;
 use proptest::prelude::*;
+use shared_kernels::ops::{Context, attention};
 use shared_kernels::{ActKind, Activations, Format, Isa, Pool, QMatrix, matmul};
 
 const FORMATS: [Format; 7] = [
@@ -211,6 +212,41 @@ proptest! {
             let alone = product(&single, isa, &w, &x[r * cols..(r + 1) * cols], 1);
             prop_assert_eq!(bits(&all[r * 67..(r + 1) * 67]), bits(&alone));
         }
+    }
+}
+
+#[test]
+fn attention_and_quantising_give_the_same_bits_on_every_instruction_set() {
+    if !Isa::Avx2.available() {
+        return;
+    }
+    let (n_head, n_head_kv, hd, capacity) = (6, 2, 64, 40);
+    let keys = random_activations(n_head_kv * capacity, hd, 11);
+    let values = random_activations(n_head_kv * capacity, hd, 12);
+    let q = random_activations(3, n_head * hd, 13);
+    let contexts: Vec<Context<'_>> = [1, 17, 40]
+        .iter()
+        .map(|&len| Context {
+            keys: &keys,
+            values: &values,
+            capacity,
+            len,
+        })
+        .collect();
+    let pool = Pool::new(2).unwrap();
+    let run = |isa| {
+        let mut out = vec![0f32; q.len()];
+        attention(&pool, isa, &q, &contexts, n_head, n_head_kv, hd, &mut out);
+        out
+    };
+    assert_eq!(bits(&run(Isa::Portable)), bits(&run(Isa::Avx2)));
+
+    let x = random_activations(3, 608, 14);
+    let (mut a, mut b) = (Activations::new(), Activations::new());
+    a.quantize_on(Isa::Portable, ActKind::Q8, &x, 3, 608);
+    b.quantize_on(Isa::Avx2, ActKind::Q8, &x, 3, 608);
+    for r in 0..3 {
+        assert_eq!(a.q8_row(r).blocks(), b.q8_row(r).blocks());
     }
 }
 

@@ -341,6 +341,7 @@ impl HostModel {
             resize(&mut s.attended, total * d);
             ops::attention(
                 &self.pool,
+                self.isa,
                 &s.q,
                 &contexts,
                 c.n_head,
