@@ -12,7 +12,7 @@ use shared_model::backend::{Backend, Cpu, cpu_device};
 use shared_model::draft::DraftModel;
 use shared_model::generate::Generator;
 use shared_model::gguf::Gguf;
-use shared_model::model::{Llama, Logits};
+use shared_model::model::{BatchItem, Llama, Logits};
 use shared_model::sampling::SamplingParams;
 use shared_model::session::{SamplingVerifier, Session, SessionConfig};
 use shared_model::tokenizer::{EncodeOptions, StreamDecoder, Tokenizer};
@@ -79,6 +79,9 @@ enum Command {
         /// runs), e.g. to compare with the browser scout's draft speed.
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         layers: Option<u64>,
+        /// CPU threads of the kernels [default: one per core].
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
     },
     /// Serve the model: the OpenAI-compatible API, status, metrics and the web app.
     Serve(Box<ServeArgs>),
@@ -172,6 +175,9 @@ struct GenerateArgs {
     /// Where the models run.
     #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
     backend: BackendChoice,
+    /// CPU threads of the kernels [default: one per core].
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 /// Runs `$body` with `$b` bound to the chosen backend type and `$device` to its device.
@@ -230,7 +236,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             values,
         } => {
             let mut gguf = open(&model)?;
-            let llama = load_model::<Cpu>(&mut gguf, &model, &cpu_device(), layers)?;
+            let llama = load_model::<Cpu>(&mut gguf, &model, &cpu_device(), layers, 0)?;
             let mut cache = llama.new_cache_with_limit(tokens.len());
             let logits = llama
                 .forward(&tokens, &mut cache, Logits::All)
@@ -266,13 +272,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             backend,
             repeat,
             layers,
+            threads,
         } => {
             let layers = layers.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
             with_backend!(backend, |device: B| bench::<B>(
                 &model,
                 &device,
                 repeat.max(1),
-                layers
+                layers,
+                threads
             ))
         }
         Command::Serve(args) => {
@@ -386,8 +394,9 @@ fn load_model<B: Backend>(
     model: &Path,
     device: &B::Device,
     layers: Option<usize>,
+    threads: usize,
 ) -> anyhow::Result<Llama<B>> {
-    Llama::load(gguf, device, layers)
+    Llama::load_with(gguf, device, layers, B::KERNELS.with_threads(threads))
         .with_context(|| format!("cannot load the model in {}", model.display()))
 }
 
@@ -442,7 +451,7 @@ fn generate<B: Backend>(args: GenerateArgs, device: &B::Device) -> anyhow::Resul
     let load_started = Instant::now();
     let mut gguf = open(&args.model)?;
     let tokenizer = load_tokenizer(&gguf, &args.model)?;
-    let target = load_model::<B>(&mut gguf, &args.model, device, None)?;
+    let target = load_model::<B>(&mut gguf, &args.model, device, None, args.threads)?;
     let draft = match &args.draft_model {
         None => None,
         Some(path) => {
@@ -458,6 +467,7 @@ fn generate<B: Backend>(args: GenerateArgs, device: &B::Device) -> anyhow::Resul
                 path,
                 device,
                 args.draft_layers,
+                args.threads,
             )?))
         }
     };
@@ -568,14 +578,16 @@ fn bench<B: Backend>(
     device: &B::Device,
     repeat: usize,
     layers: Option<usize>,
+    threads: usize,
 ) -> anyhow::Result<()> {
     const PROMPT_TOKENS: usize = 128;
     const DECODE_TOKENS: usize = 128;
+    const BATCH_STEPS: usize = 32;
 
     let started = Instant::now();
     let mut gguf = open(model_path)?;
     let tokenizer = load_tokenizer(&gguf, model_path)?;
-    let model = load_model::<B>(&mut gguf, model_path, device, layers)?;
+    let model = load_model::<B>(&mut gguf, model_path, device, layers, threads)?;
     let load_ms = ms(started);
 
     // A fixed 128-token prompt: ordinary English, repeated as needed.
@@ -595,6 +607,7 @@ fn bench<B: Backend>(
     let logits = model.forward(&prompt, &mut cache, Logits::Last)?;
     let mut next = model.logits_to_rows(logits)?;
     let prefill_ms = ms(t);
+    let prefilled = cache.clone();
 
     let t = Instant::now();
     for _ in 0..DECODE_TOKENS {
@@ -605,7 +618,7 @@ fn bench<B: Backend>(
 
     // One pass over k new tokens after a 128-token context, logits for all k.
     let mut pass_ms = Vec::new();
-    for k in [1usize, 2, 4, 8] {
+    for k in [1usize, 2, 4, 8, 16] {
         let mut times = Vec::with_capacity(repeat);
         for _ in 0..repeat {
             cache.truncate(PROMPT_TOKENS);
@@ -617,6 +630,43 @@ fn bench<B: Backend>(
         }
         pass_ms.push((k, median(times)));
     }
+
+    let single_session_peak = peak_memory_mib();
+
+    // Batched decoding: n sessions, each after the same 128-token prompt,
+    // one new token each per pass (what `oracle serve` does for n clients).
+    let mut batched = Vec::new();
+    for sessions in [1usize, 4, 16] {
+        let mut caches = vec![prefilled.clone(); sessions];
+        let mut tokens: Vec<u32> = (0..sessions).map(|i| prompt[i % PROMPT_TOKENS]).collect();
+        let t = Instant::now();
+        for _ in 0..BATCH_STEPS {
+            let mut items: Vec<BatchItem<'_, B>> = caches
+                .iter_mut()
+                .zip(&tokens)
+                .map(|(cache, token)| BatchItem {
+                    tokens: std::slice::from_ref(token),
+                    cache,
+                    logits: Logits::Last,
+                })
+                .collect();
+            let logits = model.forward_batch(&mut items)?.context("no logits")?;
+            let rows = model.logits_to_rows(logits)?;
+            for (token, row) in tokens.iter_mut().zip(&rows) {
+                *token = shared_model::sampling::argmax(row);
+            }
+        }
+        let secs = ms(t) / 1000.0;
+        batched.push((sessions, (sessions * BATCH_STEPS) as f64 / secs));
+    }
+
+    let batched_peak = peak_memory_mib();
+    let weight_bytes = model.weight_bytes();
+    let bandwidth = memory_bandwidth(match threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    });
+    let decode_tps = DECODE_TOKENS as f64 / (decode_ms / 1000.0);
 
     println!("| measurement | value |");
     println!("|---|---|");
@@ -630,16 +680,18 @@ fn bench<B: Backend>(
     if let Some(n) = layers {
         println!("| blocks | the first {n} |");
     }
-    let backend = std::any::type_name::<B>();
-    println!("| backend | {backend}, f32 weights and activations |");
+    println!(
+        "| backend | {} on {} |",
+        model.engine_description(),
+        std::any::type_name::<B>()
+    );
     println!("| load | {load_ms:.0} ms |");
     println!(
         "| prefill, {PROMPT_TOKENS}-token prompt | {:.1} tokens/s ({prefill_ms:.0} ms) |",
         PROMPT_TOKENS as f64 / (prefill_ms / 1000.0)
     );
     println!(
-        "| decode, {DECODE_TOKENS} tokens | {:.1} tokens/s ({:.1} ms/token) |",
-        DECODE_TOKENS as f64 / (decode_ms / 1000.0),
+        "| decode, {DECODE_TOKENS} tokens | {decode_tps:.1} tokens/s ({:.1} ms/token) |",
         decode_ms / DECODE_TOKENS as f64
     );
     for (k, t) in &pass_ms {
@@ -648,9 +700,68 @@ fn bench<B: Backend>(
             t / pass_ms[0].1
         );
     }
-    match peak_memory_mib() {
-        Some(mib) => println!("| peak memory (RSS) | {mib:.0} MiB |"),
-        None => println!("| peak memory (RSS) | not available on this platform |"),
+    for (sessions, tps) in &batched {
+        println!(
+            "| batched decode, {sessions} sessions × {BATCH_STEPS} steps after {PROMPT_TOKENS} tokens | {tps:.1} tokens/s ({:.2}× 1 session) |",
+            tps / batched[0].1
+        );
+    }
+    match (single_session_peak, batched_peak) {
+        (Some(one), Some(all)) => {
+            println!("| peak memory (RSS), one session | {one:.0} MiB |");
+            println!("| peak memory (RSS), with the batched sessions' caches | {all:.0} MiB |");
+        }
+        _ => println!("| peak memory (RSS) | not available on this platform |"),
+    }
+    let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    println!("| weights read per token | {:.1} MiB |", mib(weight_bytes));
+    match bandwidth {
+        Some(gbs) => {
+            let limit = gbs * 1e9 / weight_bytes as f64;
+            println!("| host memory bandwidth (read, measured) | {gbs:.1} GB/s |");
+            println!(
+                "| decode limit at that bandwidth | {limit:.1} tokens/s; this run: {:.0}% of it |",
+                decode_tps / limit * 100.0
+            );
+        }
+        None => println!("| host memory bandwidth | not measured |"),
     }
     Ok(())
+}
+
+/// Read bandwidth of host memory in GB/s on `threads` threads: the best of 5
+/// passes summing a 256 MiB buffer (well past any cache).
+fn memory_bandwidth(threads: usize) -> Option<f64> {
+    const BYTES: usize = 256 << 20;
+    let buffer: Vec<u64> = (0..BYTES / 8).map(|i| i as u64).collect();
+    let chunk = buffer.len().div_ceil(threads.max(1));
+    let mut best: Option<f64> = None;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let total: u64 = std::thread::scope(|scope| {
+            let handles: Vec<_> = buffer
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        // Eight independent sums keep the loads, not the adds, the limit.
+                        let mut sums = [0u64; 8];
+                        for run in part.chunks_exact(8) {
+                            for (s, &v) in sums.iter_mut().zip(run) {
+                                *s = s.wrapping_add(v);
+                            }
+                        }
+                        sums.iter().fold(0u64, |a, &b| a.wrapping_add(b))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or(0))
+                .fold(0u64, u64::wrapping_add)
+        });
+        std::hint::black_box(total);
+        let gbs = BYTES as f64 / t.elapsed().as_secs_f64() / 1e9;
+        best = Some(best.map_or(gbs, |b| b.max(gbs)));
+    }
+    best
 }

@@ -79,6 +79,9 @@ pub struct ServeArgs {
     /// Where the models run [default: cpu].
     #[arg(long, value_enum)]
     pub backend: Option<BackendChoice>,
+    /// CPU threads the models' kernels run on [default: one per core].
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Require `Authorization: Bearer KEY` on the API (also $SHARD_API_KEY).
     #[arg(long, env = "SHARD_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -166,6 +169,8 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// Blocks of the target to use (all when unset).
     pub layers: Option<usize>,
+    /// CPU threads of the kernels (0: one per core).
+    pub threads: usize,
     /// The draft model and the layers of it to use.
     pub draft: Option<(PathBuf, Option<usize>)>,
     /// Initial drafts per round.
@@ -320,6 +325,7 @@ impl ServeArgs {
                 Some(0) => anyhow::bail!("--layers must be at least 1"),
                 layers => layers,
             },
+            threads: a.threads.or(file.threads).unwrap_or(0),
             draft: draft_path.map(|p| (p, draft_layers)),
             draft_k: a.draft_k.or(file.draft_k).unwrap_or(4),
             backend: a.backend.or(file.backend).unwrap_or(BackendChoice::Cpu),
@@ -455,7 +461,8 @@ pub fn build<B: Backend>(config: &ServeConfig, device: &B::Device) -> anyhow::Re
         .map(str::to_owned)
         .filter(|n| !n.trim().is_empty())
         .unwrap_or_else(|| file_stem(&config.model));
-    let target = Llama::<B>::load(&mut gguf, device, config.layers)
+    let kernels = B::KERNELS.with_threads(config.threads);
+    let target = Llama::<B>::load_with(&mut gguf, device, config.layers, kernels)
         .with_context(|| format!("cannot load the model in {}", config.model.display()))?;
     let draft = match &config.draft {
         None => None,
@@ -468,7 +475,7 @@ pub fn build<B: Backend>(config: &ServeConfig, device: &B::Device) -> anyhow::Re
                 "the draft model {} does not share the target's vocabulary",
                 path.display()
             );
-            let model = Llama::<B>::load(&mut draft_gguf, device, *layers)
+            let model = Llama::<B>::load_with(&mut draft_gguf, device, *layers, kernels)
                 .with_context(|| format!("cannot load the draft model in {}", path.display()))?;
             Some(DraftModel::new(model))
         }
@@ -490,6 +497,7 @@ pub fn build<B: Backend>(config: &ServeConfig, device: &B::Device) -> anyhow::Re
         model = %config.model.display(),
         id,
         layers = target.config().n_layer,
+        engine = %target.engine_description(),
         max_context,
         kv_budget_positions,
         draft = config.draft.is_some(),

@@ -178,6 +178,27 @@ impl Pool {
         })
     }
 
+    /// The process's pool of `threads` threads (`0`: one per core), made on
+    /// first use and shared by every model that asks for the same number.
+    /// Models that take turns on one machine (a target and its draft) must
+    /// share threads: a second pool's workers would spin on the cores the
+    /// first one is using.
+    pub fn shared(threads: usize) -> Result<Arc<Pool>, KernelError> {
+        static POOLS: Mutex<Vec<(usize, std::sync::Weak<Pool>)>> = Mutex::new(Vec::new());
+        let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|(_, pool)| pool.strong_count() > 0);
+        if let Some(pool) = pools
+            .iter()
+            .find(|(n, _)| *n == threads)
+            .and_then(|(_, pool)| pool.upgrade())
+        {
+            return Ok(pool);
+        }
+        let pool = Arc::new(Pool::new(threads)?);
+        pools.push((threads, Arc::downgrade(&pool)));
+        Ok(pool)
+    }
+
     /// Threads work runs on.
     pub fn threads(&self) -> usize {
         self.threads
@@ -282,6 +303,15 @@ mod tests {
             count.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(count.load(Ordering::Relaxed), 5);
+    }
+
+    #[test]
+    fn pools_of_one_size_are_shared() {
+        let a = Pool::shared(3).unwrap();
+        let b = Pool::shared(3).unwrap();
+        let c = Pool::shared(2).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(!Arc::ptr_eq(&a, &c));
     }
 
     #[test]

@@ -27,6 +27,16 @@ pub enum Kernels {
     Tensors,
 }
 
+impl Kernels {
+    /// `self` on `threads` threads if it runs on the host (`0`: one per core).
+    pub fn with_threads(self, threads: usize) -> Kernels {
+        match self {
+            Kernels::Host { .. } => Kernels::Host { threads },
+            Kernels::Tensors => Kernels::Tensors,
+        }
+    }
+}
+
 /// A burn backend the model runs on.
 pub trait Backend: burn::tensor::backend::Backend {
     /// The engine [`crate::model::Llama::load`] picks on this backend.

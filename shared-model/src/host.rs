@@ -51,7 +51,7 @@ pub(crate) struct HostModel {
     /// `[context, hd/2]` each.
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
-    pool: Pool,
+    pool: Arc<Pool>,
     isa: Isa,
     scratch: Mutex<Scratch>,
 }
@@ -224,7 +224,7 @@ impl HostModel {
         }
         let output_norm = load_tensor(gguf, "output_norm.weight", &[d])?;
         let (rope_cos, rope_sin) = rope_table_values(c);
-        let pool = Pool::new(threads).map_err(|source| ModelError::Kernel {
+        let pool = Pool::shared(threads).map_err(|source| ModelError::Kernel {
             tensor: "(threads)".into(),
             source,
         })?;

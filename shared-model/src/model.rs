@@ -435,6 +435,21 @@ impl<B: Backend> Llama<B> {
         }
     }
 
+    /// Bytes of weight matrices a pass reads (the host engine keeps the
+    /// file's formats; the tensor engine f32). Norm vectors are left out.
+    pub fn weight_bytes(&self) -> usize {
+        match &self.engine {
+            Engine::Host(h) => h.weight_bytes(),
+            Engine::Tensors(_) => {
+                let c = &self.config;
+                let kv = c.n_head_kv * c.head_dim;
+                let per_block = 2 * c.n_embd * c.n_embd + 2 * c.n_embd * kv + 3 * c.n_embd * c.n_ff;
+                // Embedding and output head, each an f32 copy.
+                (c.n_layer * per_block + 2 * c.vocab_size * c.n_embd) * std::mem::size_of::<f32>()
+            }
+        }
+    }
+
     /// An empty cache for one sequence, as long as the model's context.
     pub fn new_cache(&self) -> KvCache<B> {
         KvCache::new(&self.config, self.config.context_length)
