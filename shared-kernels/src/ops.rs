@@ -98,6 +98,17 @@ pub fn attend(
     }
 }
 
+/// The attention heads of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heads {
+    /// Query heads.
+    pub query: usize,
+    /// Key/value heads (each shared by `query / kv` query heads).
+    pub kv: usize,
+    /// Values per head.
+    pub dim: usize,
+}
+
 /// What one row of a pass attends over: its sequence's cached keys and
 /// values, `[kv heads][capacity][hd]` each, of which the first `len`
 /// positions are its context.
@@ -114,8 +125,8 @@ pub struct Context<'a> {
 }
 
 /// Causal grouped-query attention for the rows of a pass: row `r`'s query
-/// `q[r]` (`n_head · hd` values) attends over `contexts[r]`; query heads
-/// `j·group..(j+1)·group` share key/value head `j`. Writes `out` like `q`.
+/// `q[r]` (`heads.query · heads.dim` values) attends over `contexts[r]`;
+/// query heads `j·group..(j+1)·group` share key/value head `j`. Writes `out` like `q`.
 /// Rows and heads are spread over the pool; each is [`attend`], so the
 /// result is the same whatever else is in the pass.
 ///
@@ -125,13 +136,16 @@ pub struct Context<'a> {
 pub fn attention(
     pool: &Pool,
     isa: Isa,
+    heads: Heads,
     q: &[f32],
     contexts: &[Context<'_>],
-    n_head: usize,
-    n_head_kv: usize,
-    hd: usize,
     out: &mut [f32],
 ) {
+    let Heads {
+        query: n_head,
+        kv: n_head_kv,
+        dim: hd,
+    } = heads;
     let width = n_head * hd;
     assert!(q.len() == contexts.len() * width && out.len() == q.len());
     let group = n_head / n_head_kv;

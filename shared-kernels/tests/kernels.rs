@@ -6,7 +6,7 @@
 
 use half::f16;
 use proptest::prelude::*;
-use shared_kernels::ops::{Context, attention};
+use shared_kernels::ops::{Context, Heads, attention};
 use shared_kernels::{ActKind, Activations, Format, Isa, Pool, QMatrix, matmul};
 
 const FORMATS: [Format; 7] = [
@@ -236,7 +236,12 @@ fn attention_and_quantising_give_the_same_bits_on_every_instruction_set() {
     let pool = Pool::new(2).unwrap();
     let run = |isa| {
         let mut out = vec![0f32; q.len()];
-        attention(&pool, isa, &q, &contexts, n_head, n_head_kv, hd, &mut out);
+        let heads = Heads {
+            query: n_head,
+            kv: n_head_kv,
+            dim: hd,
+        };
+        attention(&pool, isa, heads, &q, &contexts, &mut out);
         out
     };
     assert_eq!(bits(&run(Isa::Portable)), bits(&run(Isa::Avx2)));

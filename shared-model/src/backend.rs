@@ -3,12 +3,12 @@
 //!
 //! | feature | type | where |
 //! |---|---|---|
-//! | `cpu` (default) | [`Cpu`] = burn's `Flex` | native CPU: the host kernels; burn's flex for logits (and the tensor engine if asked) |
+//! | `cpu` (default) | [`Cpu`] = burn's `Flex` | native CPU: the host kernels (logits handed back as flex tensors); in a browser, flex's tensor ops |
 //! | `cuda` | [`Cuda`] | NVIDIA GPUs (CUDA loaded at run time) |
 //! | `webgpu` | [`WebGpu`] | browsers (wasm32) and native GPUs via wgpu (Vulkan, Metal) |
 //!
 //! Each backend also says which engine runs the model on it by default
-//! ([`Backend::KERNELS`]): on the CPU our own quantised kernels
+//! ([`Backend::KERNELS`]): on a native CPU our own quantised kernels
 //! (`shared-kernels`: weights kept in their GGUF formats, 8-bit activations,
 //! integer dot products), on GPUs burn's tensor ops (weights dequantised to
 //! f32 once, at load, f32 arithmetic). On WebGPU the device must be
@@ -47,9 +47,17 @@ pub trait Backend: burn::tensor::backend::Backend {
 #[cfg(feature = "cpu")]
 pub type Cpu = burn::backend::Flex;
 
+/// Natively the CPU runs our kernels. In a browser (wasm32) it keeps burn's
+/// tensor ops for now: the kernels' portable path has no wasm SIMD yet, and
+/// the browser tests compare the tab's CPU and WebGPU logits with each other
+/// and with the f32 reference at f32 tolerances.
 #[cfg(feature = "cpu")]
 impl Backend for Cpu {
-    const KERNELS: Kernels = Kernels::Host { threads: 0 };
+    const KERNELS: Kernels = if cfg!(target_arch = "wasm32") {
+        Kernels::Tensors
+    } else {
+        Kernels::Host { threads: 0 }
+    };
 }
 
 /// The CPU device.

@@ -15,7 +15,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use shared_kernels::ops::{self, Context};
+use shared_kernels::ops::{self, Context, Heads};
 use shared_kernels::{ActKind, Activations, Format, Isa, KernelError, Pool, QMatrix, matmul};
 
 use crate::config::LlamaConfig;
@@ -339,14 +339,17 @@ impl HostModel {
                 );
             }
             resize(&mut s.attended, total * d);
+            let heads = Heads {
+                query: c.n_head,
+                kv: g,
+                dim: hd,
+            };
             ops::attention(
                 &self.pool,
                 self.isa,
+                heads,
                 &s.q,
                 &contexts,
-                c.n_head,
-                g,
-                hd,
                 &mut s.attended,
             );
             self.project(
