@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, ensure};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
-use shared_model::backend::{Backend, Cpu, cpu_device};
+use shared_model::backend::{Backend, Cpu, Kernels, cpu_device};
 use shared_model::draft::DraftModel;
 use shared_model::generate::Generator;
 use shared_model::gguf::Gguf;
@@ -63,6 +63,10 @@ enum Command {
         /// Values printed per row.
         #[arg(long, default_value_t = 16)]
         values: usize,
+        /// Which CPU engine computes them: `tensors` (burn, f32: the numerics
+        /// browsers and GPUs run) or `host` (our kernels, 8-bit activations).
+        #[arg(long, default_value = "tensors", value_parser = ["tensors", "host"])]
+        engine: String,
     },
     /// Measure load, prefill, decode and k-token forward-pass speed.
     Bench {
@@ -234,9 +238,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             layers,
             tokens,
             values,
+            engine,
         } => {
             let mut gguf = open(&model)?;
-            let llama = load_model::<Cpu>(&mut gguf, &model, &cpu_device(), layers, 0)?;
+            let kernels = match engine.as_str() {
+                "host" => Kernels::Host { threads: 0 },
+                _ => Kernels::Tensors,
+            };
+            let llama = Llama::<Cpu>::load_with(&mut gguf, &cpu_device(), layers, kernels)
+                .with_context(|| format!("cannot load the model in {}", model.display()))?;
             let mut cache = llama.new_cache_with_limit(tokens.len());
             let logits = llama
                 .forward(&tokens, &mut cache, Logits::All)

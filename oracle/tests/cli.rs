@@ -105,6 +105,44 @@ fn bad_input_gives_a_clear_error_and_exit_code() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("outside the vocabulary"));
     let out = oracle(&["logits", "--model", m.to_str().unwrap(), "--tokens", "x"]);
     assert_eq!(out.status.code(), Some(2));
+    let out = oracle(&[
+        "logits",
+        "--model",
+        m.to_str().unwrap(),
+        "--tokens",
+        "1",
+        "--engine",
+        "gpu",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    // Both CPU engines answer; their logits agree to 8-bit-activation accuracy.
+    let logits = |engine: &str| -> serde_json::Value {
+        let out = oracle(&[
+            "logits",
+            "--model",
+            m.to_str().unwrap(),
+            "--layers",
+            "2",
+            "--tokens",
+            "504,3458",
+            "--values",
+            "64",
+            "--engine",
+            engine,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let (tensors, host) = (logits("tensors"), logits("host"));
+    assert_eq!(tensors["argmax"], host["argmax"]);
+    assert_ne!(
+        tensors["rows"], host["rows"],
+        "the engines compute differently"
+    );
     // A bench of zero blocks measures nothing.
     let out = oracle(&["bench", "--model", m.to_str().unwrap(), "--layers", "0"]);
     assert_eq!(out.status.code(), Some(2));

@@ -116,6 +116,8 @@ async function scoutState(page) {
 }
 
 /** The CPU reference logits `oracle logits` prints. */
+// The native CPU's logits from its f32 tensor engine: the numerics the browser
+// runs (the oracle's own CPU kernels use 8-bit activations).
 function nativeLogits({ layers, tokens, values }) {
   const out = execFileSync(ORACLE, [
     'logits', '--model', MODEL, '--layers', String(layers),

@@ -1,5 +1,6 @@
 //! Quantised matrix products at the shapes of the default model
-//! (SmolLM2-135M: d = 576, ff = 1536, vocab 49152), for 1..16 rows: time per
+//! (SmolLM2-135M: d = 576, ff = 1536, vocab 49152) and of the K formats most
+//! GGUF files use, for 1..16 rows: time per
 //! product, effective multiply-adds per second, and weight bytes streamed per
 //! second. `cargo bench -p shared-kernels [-- THREADS]`.
 
@@ -17,8 +18,9 @@ fn matrix(format: Format, rows: usize, cols: usize) -> QMatrix {
                 .wrapping_mul(6_364_136_223_846_793_005)
                 .wrapping_add(1);
             data.push((state >> 56) as u8);
-            // Keep f16 scales finite: 0x2c00 ≈ 0.0625.
-            if i == 1 || i == 3 {
+            // Keep f16 scales finite: 0x2c00 ≈ 0.0625 (the K formats' d and
+            // dmin are bytes 0..4 too, Q6_K's d its last two).
+            if i == 1 || i == 3 || (format == Format::Q6_K && i == size - 1) {
                 *data.last_mut().unwrap_or(&mut 0) = 0x2c;
             }
         }
@@ -54,6 +56,13 @@ fn main() {
         ("Q4_1 1536×576 (ffn up)", Format::Q4_1, 1536, 576),
         ("Q4_1 576×1536 (ffn down)", Format::Q4_1, 576, 1536),
         ("Q8_0 49152×576 (output)", Format::Q8_0, 49152, 576),
+        (
+            "Q4_K 2048×2048 (a 1B model's attention)",
+            Format::Q4_K,
+            2048,
+            2048,
+        ),
+        ("Q6_K 2048×2048", Format::Q6_K, 2048, 2048),
     ];
     for (name, format, n, k) in shapes {
         let w = matrix(format, n, k);

@@ -52,7 +52,7 @@ pub fn matmul(
             pool.run(tasks, |t| kernel(w, columns(t), x, &out));
         }
         ActKind::Q8K => {
-            let dot = q8k_kernel(w.format()).ok_or_else(unsupported)?;
+            let dot = q8k_kernel(isa, w.format()).ok_or_else(unsupported)?;
             pool.run(tasks, |t| {
                 for o in columns(t) {
                     let row = w.row(o);

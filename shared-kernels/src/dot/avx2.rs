@@ -8,15 +8,19 @@
 //! ones widens them to i32, and three `hadd`s leave each block's exact sum in
 //! its lane. Then one multiply-add per group in f32, as the portable kernel.
 //! The weights of a pair are unpacked once for all `R` activation rows.
+//!
+//! The K formats (Q4_K, Q6_K) reduce each 256-value block to exact integers
+//! with `maddubs` and `madd` by the sub-block scales, then take the same f32
+//! steps as the portable kernels.
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::*;
 
 use std::ops::Range;
 
-use crate::act::{Activations, Q8Row};
+use crate::act::{Activations, Q8KBlock, Q8Row};
 use crate::disjoint::Disjoint;
-use crate::format::{Format, GROUP, GroupLayout, QMatrix};
+use crate::format::{Format, GROUP, GroupLayout, QMatrix, f16_at, k_scale_min};
 
 /// Whether this CPU runs these kernels.
 pub(crate) fn available() -> bool {
@@ -268,4 +272,105 @@ pub(crate) fn columns<const FORMAT: u8>(
             out.set(r * n + o, y);
         }
     }
+}
+
+/// A Q4_K row times a Q8K row; see [`super::portable::q4_k`]. The integer
+/// sums `Σ sc·(Σ q·x)` and `Σ m·(Σ x)` of a block are exact (at most
+/// 256 · 15 · 127 · 63 < 2^31), so only the f32 steps, done as there, matter.
+#[target_feature(enable = "avx2,f16c")]
+pub(crate) fn q4_k(w: &[u8], x: &[Q8KBlock]) -> f32 {
+    let mut acc = 0f32;
+    let mask = _mm256_set1_epi8(0x0f);
+    for (b, xb) in w.chunks_exact(144).zip(x) {
+        let scales = &b[4..16];
+        let mut scaled = _mm256_setzero_si256();
+        let mut mins = 0i32;
+        for chunk in 0..4 {
+            let (sc_lo, m_lo) = k_scale_min(2 * chunk, scales);
+            let (sc_hi, m_hi) = k_scale_min(2 * chunk + 1, scales);
+            let q = bytes32(b, 16 + 32 * chunk);
+            let lo = _mm256_and_si256(q, mask);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask);
+            let x_lo = q8k_values(xb, 64 * chunk);
+            let x_hi = q8k_values(xb, 64 * chunk + 32);
+            let p_lo = _mm256_maddubs_epi16(lo, x_lo);
+            let p_hi = _mm256_maddubs_epi16(hi, x_hi);
+            scaled = _mm256_add_epi32(
+                scaled,
+                _mm256_add_epi32(
+                    _mm256_madd_epi16(p_lo, _mm256_set1_epi16(i16::from(sc_lo))),
+                    _mm256_madd_epi16(p_hi, _mm256_set1_epi16(i16::from(sc_hi))),
+                ),
+            );
+            let sum = |j: usize| i32::from(xb.sums[j]);
+            mins += i32::from(m_lo) * (sum(4 * chunk) + sum(4 * chunk + 1))
+                + i32::from(m_hi) * (sum(4 * chunk + 2) + sum(4 * chunk + 3));
+        }
+        acc += (f16_at(b, 0) * xb.d) * exact_sum(scaled) as f32;
+        acc -= (f16_at(b, 2) * xb.d) * mins as f32;
+    }
+    acc
+}
+
+/// A Q6_K row times a Q8K row; see [`super::portable::q6_k`]. Values are
+/// multiplied unsigned (0..64) and the offset of 32 taken off through the
+/// activations' sums per 16, exactly.
+#[target_feature(enable = "avx2,f16c")]
+pub(crate) fn q6_k(w: &[u8], x: &[Q8KBlock]) -> f32 {
+    let mut acc = 0f32;
+    let low = _mm256_set1_epi8(0x0f);
+    let two = _mm256_set1_epi8(0x03);
+    for (b, xb) in w.chunks_exact(210).zip(x) {
+        let sc = |j: usize| i16::from(b[192 + j] as i8);
+        let mut scaled = _mm256_setzero_si256();
+        for half in 0..2 {
+            let ql0 = bytes32(b, 64 * half);
+            let ql1 = bytes32(b, 64 * half + 32);
+            let qh = bytes32(b, 128 + 32 * half);
+            let high = |shift: i32| {
+                let bits = match shift {
+                    0 => qh,
+                    2 => _mm256_srli_epi16::<2>(qh),
+                    4 => _mm256_srli_epi16::<4>(qh),
+                    _ => _mm256_srli_epi16::<6>(qh),
+                };
+                _mm256_slli_epi16::<4>(_mm256_and_si256(bits, two))
+            };
+            let quarters = [
+                _mm256_or_si256(_mm256_and_si256(ql0, low), high(0)),
+                _mm256_or_si256(_mm256_and_si256(ql1, low), high(2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low), high(4)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low), high(6)),
+            ];
+            for (quarter, q) in quarters.into_iter().enumerate() {
+                let start = 128 * half + 32 * quarter;
+                let j = start / 16;
+                let p = _mm256_maddubs_epi16(q, q8k_values(xb, start));
+                let scale = _mm256_set_m128i(_mm_set1_epi16(sc(j + 1)), _mm_set1_epi16(sc(j)));
+                scaled = _mm256_add_epi32(scaled, _mm256_madd_epi16(p, scale));
+            }
+        }
+        let offset: i32 = (0..16)
+            .map(|j| i32::from(sc(j)) * i32::from(xb.sums[j]))
+            .sum();
+        let total = exact_sum(scaled) - 32 * offset;
+        acc += (f16_at(b, 208) * xb.d) * total as f32;
+    }
+    acc
+}
+
+/// 32 activation values of a Q8K block from `at`.
+#[target_feature(enable = "avx2")]
+fn q8k_values(x: &Q8KBlock, at: usize) -> __m256i {
+    let values = &x.q[at..at + 32];
+    // SAFETY: `values` is 32 readable bytes; the load is unaligned.
+    unsafe { _mm256_loadu_si256(values.as_ptr().cast()) }
+}
+
+/// The exact sum of eight i32 lanes.
+#[target_feature(enable = "avx2")]
+fn exact_sum(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<1>(s)))
 }

@@ -105,12 +105,34 @@ pub(crate) fn q8_columns(isa: Isa, format: Format) -> Option<Q8Columns> {
 }
 
 /// The kernel of a format that takes Q8K activations.
-pub(crate) fn q8k_kernel(format: Format) -> Option<DotQ8K> {
+pub(crate) fn q8k_kernel(isa: Isa, format: Format) -> Option<DotQ8K> {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && avx2_available() {
+        return match format {
+            Format::Q4_K => Some(avx2_q4_k),
+            Format::Q6_K => Some(avx2_q6_k),
+            _ => None,
+        };
+    }
+    let _ = isa;
     match format {
         Format::Q4_K => Some(portable::q4_k),
         Format::Q6_K => Some(portable::q6_k),
         _ => None,
     }
+}
+
+// SAFETY (both): `q8k_kernel` hands these out only after `avx2_available()`
+// said the CPU has AVX2 and F16C.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+fn avx2_q4_k(w: &[u8], x: &[Q8KBlock]) -> f32 {
+    unsafe { avx2::q4_k(w, x) }
+}
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+fn avx2_q6_k(w: &[u8], x: &[Q8KBlock]) -> f32 {
+    unsafe { avx2::q6_k(w, x) }
 }
 
 /// The kernel of a format that takes f32 activations.
