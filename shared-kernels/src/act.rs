@@ -226,10 +226,12 @@ fn scale_of(x: &[f32]) -> (f32, f32) {
     (d, inverse)
 }
 
-/// `round(v · inverse)` kept within ±127 (NaN becomes 0).
+/// `v · inverse` rounded to the nearest integer (ties to even: one
+/// instruction with SSE4.1 and up, where rounding ties away from zero is a
+/// library call) and kept within ±127 (NaN becomes 0).
 #[inline(always)]
 fn quantize_value(v: f32, inverse: f32) -> i8 {
-    (v * inverse).round().clamp(-127.0, 127.0) as i8
+    (v * inverse).round_ties_even().clamp(-127.0, 127.0) as i8
 }
 
 /// A row's Q8 blocks, appended to `out`.
@@ -250,7 +252,10 @@ fn quantize_row_q8(isa: Isa, row: &[f32], out: &mut Vec<Q8Block>) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn quantize_row_q8_avx2(row: &[f32], out: &mut Vec<Q8Block>) {
-    out.extend(row.chunks_exact(32).map(quantize_q8));
+    // A loop, not a closure: closures do not inherit the target features.
+    for block in row.chunks_exact(32) {
+        out.push(quantize_q8(block));
+    }
 }
 
 #[inline(always)]
