@@ -16,10 +16,10 @@
 use std::sync::{Arc, Mutex};
 
 use shared_kernels::ops::{self, Context, Heads};
-use shared_kernels::{ActKind, Activations, Format, Isa, KernelError, Pool, QMatrix, matmul};
+use shared_kernels::{ActKind, Activations, Isa, KernelError, Pool, QMatrix, matmul};
 
 use crate::config::LlamaConfig;
-use crate::gguf::{GgmlType, Gguf, GgufError, GgufSource};
+use crate::gguf::{Gguf, GgufError, GgufSource};
 use crate::model::{ModelError, load_tensor, rope_table_values};
 
 /// Capacity of a fresh cache, in positions (doubles as it fills).
@@ -137,20 +137,6 @@ pub(crate) struct HostItem<'a> {
     pub(crate) first_logits: usize,
 }
 
-/// The kernels' format for a GGUF type.
-fn format_of(ty: GgmlType) -> Option<Format> {
-    Some(match ty {
-        GgmlType::F32 => Format::F32,
-        GgmlType::F16 => Format::F16,
-        GgmlType::Q4_0 => Format::Q4_0,
-        GgmlType::Q4_1 => Format::Q4_1,
-        GgmlType::Q8_0 => Format::Q8_0,
-        GgmlType::Q4_K => Format::Q4_K,
-        GgmlType::Q6_K => Format::Q6_K,
-        _ => return None,
-    })
-}
-
 /// Matrix `name` (`n_out` rows of `n_in`) as the file stores it.
 fn matrix<S: GgufSource>(
     gguf: &mut Gguf<S>,
@@ -167,10 +153,13 @@ fn matrix<S: GgufSource>(
             expected,
         });
     }
-    let format = format_of(info.ggml_type).ok_or_else(|| GgufError::UnsupportedType {
-        tensor: name.to_owned(),
-        ggml_type: info.ggml_type.name(),
-    })?;
+    let format = info
+        .ggml_type
+        .kernel_format()
+        .ok_or_else(|| GgufError::UnsupportedType {
+            tensor: name.to_owned(),
+            ggml_type: info.ggml_type.name(),
+        })?;
     QMatrix::new(format, n_out, n_in, bytes).map_err(|source| ModelError::Kernel {
         tensor: name.to_owned(),
         source,

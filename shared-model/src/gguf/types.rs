@@ -1,9 +1,11 @@
-//! GGML tensor types: block geometry and dequantisation to f32.
+//! GGML tensor types: block geometry and dequantisation to f32 (the block
+//! formats themselves live in `shared-kernels`, which multiplies them).
 //!
 //! Block layouts follow ggml's `ggml-common.h`. Every quantised type stores
 //! `block_size` values in `type_size` bytes; scales are little-endian f16.
 
-use half::{bf16, f16};
+use half::bf16;
+use shared_kernels::Format;
 
 use super::GgufError;
 
@@ -130,6 +132,20 @@ impl GgmlType {
         self.block_geometry().0
     }
 
+    /// The format `shared-kernels` multiplies directly, if it has one for this type.
+    pub fn kernel_format(self) -> Option<Format> {
+        Some(match self {
+            GgmlType::F32 => Format::F32,
+            GgmlType::F16 => Format::F16,
+            GgmlType::Q4_0 => Format::Q4_0,
+            GgmlType::Q4_1 => Format::Q4_1,
+            GgmlType::Q8_0 => Format::Q8_0,
+            GgmlType::Q4_K => Format::Q4_K,
+            GgmlType::Q6_K => Format::Q6_K,
+            _ => return None,
+        })
+    }
+
     /// Whether [`dequantize`] supports this type.
     pub fn can_dequantize(self) -> bool {
         use GgmlType::*;
@@ -140,10 +156,6 @@ impl GgmlType {
     pub fn name(self) -> String {
         format!("{self:?}")
     }
-}
-
-fn f16_at(bytes: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f32()
 }
 
 /// Dequantises `bytes` (whole blocks of `ty`) into `out`, which must hold
@@ -167,129 +179,26 @@ pub fn dequantize(
             ),
         });
     }
-    let blocks = bytes
-        .chunks_exact(type_size)
-        .zip(out.chunks_exact_mut(block));
     match ty {
-        GgmlType::F32 => {
-            for (b, y) in blocks {
-                y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-        }
-        GgmlType::F16 => {
-            for (b, y) in blocks {
-                y[0] = f16_at(b, 0);
-            }
-        }
         GgmlType::BF16 => {
-            for (b, y) in blocks {
-                y[0] = bf16::from_le_bytes([b[0], b[1]]).to_f32();
+            for (b, y) in bytes.chunks_exact(type_size).zip(out.iter_mut()) {
+                *y = bf16::from_le_bytes([b[0], b[1]]).to_f32();
             }
-        }
-        GgmlType::Q8_0 => {
-            for (b, y) in blocks {
-                let d = f16_at(b, 0);
-                for (yi, &q) in y.iter_mut().zip(&b[2..34]) {
-                    *yi = f32::from(q as i8) * d;
-                }
-            }
-        }
-        GgmlType::Q4_0 => {
-            for (b, y) in blocks {
-                let d = f16_at(b, 0);
-                let (lo, hi) = y.split_at_mut(16);
-                for (j, &q) in b[2..18].iter().enumerate() {
-                    lo[j] = (f32::from(q & 0x0f) - 8.0) * d;
-                    hi[j] = (f32::from(q >> 4) - 8.0) * d;
-                }
-            }
-        }
-        GgmlType::Q4_1 => {
-            for (b, y) in blocks {
-                let d = f16_at(b, 0);
-                let m = f16_at(b, 2);
-                let (lo, hi) = y.split_at_mut(16);
-                for (j, &q) in b[4..20].iter().enumerate() {
-                    lo[j] = f32::from(q & 0x0f) * d + m;
-                    hi[j] = f32::from(q >> 4) * d + m;
-                }
-            }
-        }
-        GgmlType::Q4_K => {
-            for (b, y) in blocks {
-                dequantize_q4_k(b, y);
-            }
-        }
-        GgmlType::Q6_K => {
-            for (b, y) in blocks {
-                dequantize_q6_k(b, y);
-            }
+            Ok(())
         }
         other => {
-            return Err(GgufError::UnsupportedType {
-                tensor: tensor.to_owned(),
-                ggml_type: other.name(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Scale and min of sub-block `j` (0..8) from the 12 packed 6-bit values of a
-/// K-quant block.
-fn k_scale_min(j: usize, scales: &[u8]) -> (u8, u8) {
-    if j < 4 {
-        (scales[j] & 63, scales[j + 4] & 63)
-    } else {
-        (
-            (scales[j + 4] & 0x0f) | ((scales[j - 4] >> 6) << 4),
-            (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4),
-        )
-    }
-}
-
-/// Q4_K: `d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]`, 8 sub-blocks of 32.
-fn dequantize_q4_k(b: &[u8], y: &mut [f32]) {
-    let d = f16_at(b, 0);
-    let dmin = f16_at(b, 2);
-    let scales = &b[4..16];
-    let qs = &b[16..144];
-    // Each 32 bytes of qs hold two sub-blocks: low nibbles, then high nibbles.
-    for (chunk, (q, out)) in qs.chunks_exact(32).zip(y.chunks_exact_mut(64)).enumerate() {
-        let (sc1, m1) = k_scale_min(2 * chunk, scales);
-        let (sc2, m2) = k_scale_min(2 * chunk + 1, scales);
-        let (d1, min1) = (d * f32::from(sc1), dmin * f32::from(m1));
-        let (d2, min2) = (d * f32::from(sc2), dmin * f32::from(m2));
-        let (lo, hi) = out.split_at_mut(32);
-        for l in 0..32 {
-            lo[l] = d1 * f32::from(q[l] & 0x0f) - min1;
-            hi[l] = d2 * f32::from(q[l] >> 4) - min2;
-        }
-    }
-}
-
-/// Q6_K: `ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: f16`.
-fn dequantize_q6_k(b: &[u8], y: &mut [f32]) {
-    let (ql, rest) = b.split_at(128);
-    let (qh, rest) = rest.split_at(64);
-    let (scales, d) = rest.split_at(16);
-    let d = f16::from_le_bytes([d[0], d[1]]).to_f32();
-    for half in 0..2 {
-        let ql = &ql[64 * half..];
-        let qh = &qh[32 * half..];
-        let sc = &scales[8 * half..];
-        let out = &mut y[128 * half..];
-        for l in 0..32 {
-            let is = l / 16;
-            let q1 = i32::from((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) - 32;
-            let q2 = i32::from((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) - 32;
-            let q3 = i32::from((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-            let q4 = i32::from((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-            let s = |i: usize| d * f32::from(sc[i] as i8);
-            out[l] = s(is) * q1 as f32;
-            out[l + 32] = s(is + 2) * q2 as f32;
-            out[l + 64] = s(is + 4) * q3 as f32;
-            out[l + 96] = s(is + 6) * q4 as f32;
+            let format = other
+                .kernel_format()
+                .ok_or_else(|| GgufError::UnsupportedType {
+                    tensor: tensor.to_owned(),
+                    ggml_type: other.name(),
+                })?;
+            format
+                .dequantize(bytes, out)
+                .map_err(|e| GgufError::TensorSize {
+                    tensor: tensor.to_owned(),
+                    detail: e.to_string(),
+                })
         }
     }
 }
@@ -297,27 +206,6 @@ fn dequantize_q6_k(b: &[u8], y: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn q8_0_by_hand() {
-        // d = 0.5 (f16 0x3800), values -2, 0, 3, then zeros.
-        let mut block = vec![0x00, 0x38, 0xfe, 0x00, 0x03];
-        block.resize(34, 0);
-        let mut out = [1.0f32; 32];
-        dequantize(GgmlType::Q8_0, &block, &mut out, "t").unwrap();
-        assert_eq!(&out[..4], &[-1.0, 0.0, 1.5, 0.0]);
-    }
-
-    #[test]
-    fn q4_1_by_hand() {
-        // d = 1.0 (0x3c00), m = -8.0 (0xc800); byte 0x51: low nibble 1, high 5.
-        let mut block = vec![0x00, 0x3c, 0x00, 0xc8, 0x51];
-        block.resize(20, 0);
-        let mut out = [0f32; 32];
-        dequantize(GgmlType::Q4_1, &block, &mut out, "t").unwrap();
-        assert_eq!((out[0], out[16]), (-7.0, -3.0));
-        assert_eq!((out[1], out[17]), (-8.0, -8.0));
-    }
 
     #[test]
     fn wrong_sizes_and_unsupported_types_are_errors() {
