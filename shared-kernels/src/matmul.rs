@@ -20,6 +20,7 @@ const TASKS_PER_THREAD: usize = 4;
 
 /// `out[r · n + o] = w.row(o) · x.row(r)` for every activation row `r` and
 /// weight row (output) `o`; `out` is `x.rows() × w.rows()`, row-major.
+#[allow(unsafe_code)]
 pub fn matmul(
     pool: &Pool,
     isa: Isa,
@@ -57,7 +58,8 @@ pub fn matmul(
                 for o in columns(t) {
                     let row = w.row(o);
                     for r in 0..m {
-                        out.set(r * n + o, dot(row, x.q8k_row(r)));
+                        // SAFETY: column `o` belongs to this task alone.
+                        unsafe { out.set(r * n + o, dot(row, x.q8k_row(r))) };
                     }
                 }
             });
@@ -68,7 +70,8 @@ pub fn matmul(
                 for o in columns(t) {
                     let row = w.row(o);
                     for r in 0..m {
-                        out.set(r * n + o, dot(row, x.f32_row(r)));
+                        // SAFETY: column `o` belongs to this task alone.
+                        unsafe { out.set(r * n + o, dot(row, x.f32_row(r))) };
                     }
                 }
             });

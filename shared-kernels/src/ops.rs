@@ -210,7 +210,8 @@ pub fn attention(
                 scores.resize(c.len, 0.0);
             }
             let (keys, values) = (&c.keys[span.clone()], &c.values[span]);
-            let out = out.range(row * width + head * hd, hd);
+            // SAFETY: each task is one (row, head): its `hd` outputs are its alone.
+            let out = unsafe { out.range(row * width + head * hd, hd) };
             #[cfg(target_arch = "x86_64")]
             if isa == Isa::Avx2 && isa.available() {
                 // SAFETY: the CPU has AVX2 (checked just above).

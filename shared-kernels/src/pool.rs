@@ -19,6 +19,8 @@ use crate::KernelError;
 
 /// How long an idle worker spins before it sleeps.
 const SPIN: Duration = Duration::from_millis(1);
+/// Most threads a pool starts.
+const MAX_THREADS: usize = 1024;
 /// Most tasks one generation can hold (16 bits of the state word).
 const MAX_TASKS: usize = u16::MAX as usize;
 
@@ -152,6 +154,11 @@ impl Pool {
         } else {
             threads
         };
+        if threads > MAX_THREADS {
+            return Err(KernelError::Threads(format!(
+                "{threads} threads asked for; at most {MAX_THREADS}"
+            )));
+        }
         let shared = Arc::new(Shared {
             state: AtomicU64::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),
@@ -161,21 +168,23 @@ impl Pool {
             stop: AtomicBool::new(false),
             wake: (Mutex::new(()), Condvar::new()),
         });
-        let mut workers = Vec::with_capacity(threads - 1);
+        let mut pool = Pool {
+            threads,
+            shared,
+            workers: Vec::with_capacity(threads - 1),
+            turn: Mutex::new(()),
+        };
         for i in 1..threads {
-            let shared = Arc::clone(&shared);
+            let shared = Arc::clone(&pool.shared);
+            // On failure `pool` is dropped here, which stops and joins the
+            // workers started so far.
             let handle = std::thread::Builder::new()
                 .name(format!("shard-kernel-{i}"))
                 .spawn(move || shared.worker())
                 .map_err(|e| KernelError::Threads(e.to_string()))?;
-            workers.push(handle);
+            pool.workers.push(handle);
         }
-        Ok(Pool {
-            threads,
-            shared,
-            workers,
-            turn: Mutex::new(()),
-        })
+        Ok(pool)
     }
 
     /// The process's pool of `threads` threads (`0`: one per core), made on
@@ -184,6 +193,10 @@ impl Pool {
     /// share threads: a second pool's workers would spin on the cores the
     /// first one is using.
     pub fn shared(threads: usize) -> Result<Arc<Pool>, KernelError> {
+        let threads = match threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
         static POOLS: Mutex<Vec<(usize, std::sync::Weak<Pool>)>> = Mutex::new(Vec::new());
         let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
         pools.retain(|(_, pool)| pool.strong_count() > 0);
@@ -206,6 +219,8 @@ impl Pool {
 
     /// Runs `task(0..tasks)`, spread over the threads; returns when all are
     /// done. A panic in a task is raised here once every task has finished.
+    /// Jobs from several calling threads take turns; a task must not call
+    /// `run` on the same pool (it would wait for its own turn forever).
     pub fn run(&self, tasks: usize, task: impl Fn(usize) + Sync) {
         if self.workers.is_empty() || tasks <= 1 {
             (0..tasks).for_each(task);
@@ -306,12 +321,20 @@ mod tests {
     }
 
     #[test]
+    fn absurd_thread_counts_are_refused() {
+        assert!(matches!(Pool::new(1 << 20), Err(KernelError::Threads(_))));
+    }
+
+    #[test]
     fn pools_of_one_size_are_shared() {
         let a = Pool::shared(3).unwrap();
         let b = Pool::shared(3).unwrap();
         let c = Pool::shared(2).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         assert!(!Arc::ptr_eq(&a, &c));
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let (all, same) = (Pool::shared(0).unwrap(), Pool::shared(cores).unwrap());
+        assert!(Arc::ptr_eq(&all, &same), "0 means one per core");
     }
 
     #[test]

@@ -111,16 +111,30 @@ fn simd_kernels_equal_the_portable_ones_bit_for_bit() {
         return;
     }
     for format in FORMATS {
-        let shapes: [(usize, u64); 6] =
-            [(256, 1), (576, 2), (1536, 3), (2304, 4), (96, 5), (800, 6)];
+        // Rows of 8, 3, 18, 48, 72, 25 blocks of 32 and 12, 13, 14, 15, 6: last
+        // groups of every length (1..8) in the interleaved layout.
+        let shapes: [(usize, u64); 11] = [
+            (256, 1),
+            (576, 2),
+            (1536, 3),
+            (2304, 4),
+            (96, 5),
+            (800, 6),
+            (384, 7),
+            (416, 8),
+            (448, 9),
+            (480, 10),
+            (192, 11),
+        ];
         for (cols, seed) in shapes {
             if !cols.is_multiple_of(format.block().0) {
                 continue;
             }
+            // 7 rows: the kernels over 4, 2 and 1 rows all run.
             let w = random_matrix(format, 37, cols, seed);
-            let x = random_activations(5, cols, seed + 100);
-            let portable = product(&pool, Isa::Portable, &w, &x, 5);
-            let simd = product(&pool, Isa::Avx2, &w, &x, 5);
+            let x = random_activations(7, cols, seed + 100);
+            let portable = product(&pool, Isa::Portable, &w, &x, 7);
+            let simd = product(&pool, Isa::Avx2, &w, &x, 7);
             assert_eq!(bits(&portable), bits(&simd), "{format:?} × {cols}");
         }
     }

@@ -16,7 +16,7 @@
 use std::sync::{Arc, Mutex};
 
 use shared_kernels::ops::{self, Context, Heads};
-use shared_kernels::{ActKind, Activations, Isa, KernelError, Pool, QMatrix, matmul};
+use shared_kernels::{ActKind, Activations, Format, Isa, KernelError, Pool, QMatrix, matmul};
 
 use crate::config::LlamaConfig;
 use crate::gguf::{Gguf, GgufError, GgufSource};
@@ -76,15 +76,23 @@ struct Scratch {
 pub(crate) struct HostCache {
     layers: Vec<(Vec<f32>, Vec<f32>)>,
     capacity: usize,
+    /// Values of one position in one layer (key/value heads × head size).
+    kv_width: usize,
 }
 
 impl HostCache {
-    /// An empty cache for `n_layer` layers.
-    pub(crate) fn new(n_layer: usize) -> Self {
+    /// An empty cache for `n_layer` layers of `kv_width` values a position.
+    pub(crate) fn new(n_layer: usize, kv_width: usize) -> Self {
         HostCache {
             layers: vec![(Vec::new(), Vec::new()); n_layer],
             capacity: 0,
+            kv_width,
         }
+    }
+
+    /// Values of one position in one layer.
+    pub(crate) fn kv_width(&self) -> usize {
+        self.kv_width
     }
 
     /// Layers held.
@@ -153,13 +161,23 @@ fn matrix<S: GgufSource>(
             expected,
         });
     }
-    let format = info
-        .ggml_type
-        .kernel_format()
-        .ok_or_else(|| GgufError::UnsupportedType {
-            tensor: name.to_owned(),
-            ggml_type: info.ggml_type.name(),
-        })?;
+    let (format, bytes) = match info.ggml_type.kernel_format() {
+        Some(format) => (format, bytes),
+        None if info.ggml_type.can_dequantize() => {
+            // No kernel for this format (BF16): multiply it as f32.
+            let mut values = vec![0f32; n_in * n_out];
+            crate::gguf::dequantize(info.ggml_type, &bytes, &mut values, name)?;
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (Format::F32, bytes)
+        }
+        None => {
+            return Err(GgufError::UnsupportedType {
+                tensor: name.to_owned(),
+                ggml_type: info.ggml_type.name(),
+            }
+            .into());
+        }
+    };
     QMatrix::new(format, n_out, n_in, bytes).map_err(|source| ModelError::Kernel {
         tensor: name.to_owned(),
         source,

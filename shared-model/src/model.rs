@@ -100,6 +100,14 @@ pub enum ModelError {
         /// What the kernels said.
         source: shared_kernels::KernelError,
     },
+    /// A cache made for a model with other key/value heads.
+    #[error("a cache of {cache} key/value values a position used with a model of {model}")]
+    CacheShape {
+        /// Values a position in the cache.
+        cache: usize,
+        /// Values a position in the model.
+        model: usize,
+    },
     /// A cache that holds positions computed by the other engine (host
     /// kernels vs tensor ops) of a model.
     #[error("a cache filled by another engine of the model")]
@@ -502,7 +510,10 @@ impl<B: Backend> Llama<B> {
         let logits = match &self.engine {
             Engine::Tensors(weights) => weights.forward_batch(&self.config, &self.device, items),
             Engine::Host(host) => {
-                let n_layer = self.config.n_layer;
+                let (n_layer, kv_width) = (
+                    self.config.n_layer,
+                    self.config.n_head_kv * self.config.head_dim,
+                );
                 let mut host_items: Vec<HostItem<'_>> = items
                     .iter_mut()
                     .map(|item| {
@@ -515,7 +526,7 @@ impl<B: Backend> Llama<B> {
                             cache: item
                                 .cache
                                 .host
-                                .get_or_insert_with(|| HostCache::new(n_layer)),
+                                .get_or_insert_with(|| HostCache::new(n_layer, kv_width)),
                         }
                     })
                     .collect();
@@ -563,6 +574,14 @@ impl<B: Backend> Llama<B> {
             return Err(ModelError::CacheMismatch {
                 cache: layers,
                 model: c.n_layer,
+            });
+        }
+        if let Some(host) = &item.cache.host
+            && host.kv_width() != c.n_head_kv * c.head_dim
+        {
+            return Err(ModelError::CacheShape {
+                cache: host.kv_width(),
+                model: c.n_head_kv * c.head_dim,
             });
         }
         let filled_by_host = item.cache.host.is_some();

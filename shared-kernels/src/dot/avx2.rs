@@ -257,19 +257,24 @@ pub(crate) fn columns<const FORMAT: u8>(
         while r + 4 <= m {
             let ys = q8_family::<FORMAT, 4>(row, [0, 1, 2, 3].map(|i| x.q8_row(r + i)));
             for (i, y) in ys.into_iter().enumerate() {
-                out.set((r + i) * n + o, y);
+                // SAFETY: column `o` belongs to this task alone (`Q8Columns`).
+                unsafe { out.set((r + i) * n + o, y) };
             }
             r += 4;
         }
         if r + 2 <= m {
             let ys = q8_family::<FORMAT, 2>(row, [x.q8_row(r), x.q8_row(r + 1)]);
-            out.set(r * n + o, ys[0]);
-            out.set((r + 1) * n + o, ys[1]);
+            // SAFETY: as above.
+            unsafe {
+                out.set(r * n + o, ys[0]);
+                out.set((r + 1) * n + o, ys[1]);
+            }
             r += 2;
         }
         if r < m {
             let [y] = q8_family::<FORMAT, 1>(row, [x.q8_row(r)]);
-            out.set(r * n + o, y);
+            // SAFETY: as above.
+            unsafe { out.set(r * n + o, y) };
         }
     }
 }

@@ -67,7 +67,8 @@ fn avx2_available() -> bool {
 }
 
 /// Output columns `columns` of `w` times every row of `x` (Q8), written to
-/// `out[r · w.rows() + o]`. Each `(row, column)` result is the same whatever
+/// `out[r · w.rows() + o]`; the caller hands each task columns no other task
+/// has (the kernel writes there through [`Disjoint`]). Each `(row, column)` result is the same whatever
 /// the other rows and columns are (the SIMD kernels group rows in fours to
 /// share unpacked weights, with each row's arithmetic unchanged).
 pub(crate) type Q8Columns = fn(&QMatrix, Range<usize>, &Activations, &Disjoint<'_>);
@@ -77,12 +78,15 @@ pub(crate) type DotQ8K = fn(&[u8], &[Q8KBlock]) -> f32;
 pub(crate) type DotF32 = fn(&[u8], &[f32]) -> f32;
 
 /// The portable kernel over columns.
+#[allow(unsafe_code)]
 fn portable_columns(w: &QMatrix, columns: Range<usize>, x: &Activations, out: &Disjoint<'_>) {
     let (m, n) = (x.rows(), w.rows());
     for o in columns {
         let row = w.row(o);
         for r in 0..m {
-            out.set(r * n + o, portable::q8_family(w.format(), row, x.q8_row(r)));
+            let y = portable::q8_family(w.format(), row, x.q8_row(r));
+            // SAFETY: the columns handed to a kernel belong to its task alone.
+            unsafe { out.set(r * n + o, y) };
         }
     }
 }
