@@ -222,18 +222,25 @@ fn scouts_draft_over_tcp_and_webrtc_and_outputs_equal_the_target_alone() {
         .clone();
     assert!(webrtc.contains("/certhash/"), "{webrtc}");
 
-    // /api/status lists the peer id and every address, certhash included.
-    let status = json_of(&addr, "/api/status");
-    let listed: Vec<String> = status["p2p"]["listen_addrs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_owned())
-        .collect();
-    assert!(
-        listed.contains(&webrtc) && listed.contains(&tcp),
-        "{status}"
+    // /api/status lists the peer id and every address, certhash included
+    // (the HTTP server can answer before the last listener is up: wait).
+    let listed = |status: &serde_json::Value| -> Vec<String> {
+        status["p2p"]["listen_addrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect()
+    };
+    wait_for(
+        "every listen address in /api/status",
+        Duration::from_secs(20),
+        || {
+            let all = listed(&json_of(&addr, "/api/status"));
+            all.contains(&webrtc) && all.contains(&tcp)
+        },
     );
+    let status = json_of(&addr, "/api/status");
     assert!(webrtc.ends_with(status["p2p"]["peer_id"].as_str().unwrap()));
 
     let mut scouts: Vec<Proc> = (0..4)
