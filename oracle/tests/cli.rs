@@ -143,6 +143,22 @@ fn bad_input_gives_a_clear_error_and_exit_code() {
         tensors["rows"], host["rows"],
         "the engines compute differently"
     );
+    // An impossible thread count is a clear error, not a crash.
+    let out = oracle(&[
+        "bench",
+        "--model",
+        m.to_str().unwrap(),
+        "--threads",
+        "5000000",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at most 1024"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = oracle(&["bench", "--model", m.to_str().unwrap(), "--threads", "-1"]);
+    assert_eq!(out.status.code(), Some(2));
     // A bench of zero blocks measures nothing.
     let out = oracle(&["bench", "--model", m.to_str().unwrap(), "--layers", "0"]);
     assert_eq!(out.status.code(), Some(2));

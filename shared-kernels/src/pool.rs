@@ -61,6 +61,14 @@ struct Shared {
     wake: (Mutex<()>, Condvar),
 }
 
+/// `threads`, with 0 meaning one per available core.
+fn resolve(threads: usize) -> usize {
+    match threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    }
+}
+
 fn generation(state: u64) -> u64 {
     state >> 32
 }
@@ -144,15 +152,10 @@ impl Pool {
     /// A pool that runs work on `threads` threads, the caller's included
     /// (`0`: one per available core). On wasm32 everything runs on the caller.
     pub fn new(threads: usize) -> Result<Pool, KernelError> {
-        let threads = if threads == 0 {
-            std::thread::available_parallelism().map_or(1, usize::from)
-        } else {
-            threads
-        };
         let threads = if cfg!(target_arch = "wasm32") {
             1
         } else {
-            threads
+            resolve(threads)
         };
         if threads > MAX_THREADS {
             return Err(KernelError::Threads(format!(
@@ -193,10 +196,7 @@ impl Pool {
     /// share threads: a second pool's workers would spin on the cores the
     /// first one is using.
     pub fn shared(threads: usize) -> Result<Arc<Pool>, KernelError> {
-        let threads = match threads {
-            0 => std::thread::available_parallelism().map_or(1, usize::from),
-            n => n,
-        };
+        let threads = resolve(threads);
         static POOLS: Mutex<Vec<(usize, std::sync::Weak<Pool>)>> = Mutex::new(Vec::new());
         let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
         pools.retain(|(_, pool)| pool.strong_count() > 0);

@@ -81,12 +81,17 @@ fn pair_weights<const Q8: bool>(g: &[u8], at: usize) -> PairWeights {
             second: bytes32(g, at + 32),
         }
     } else {
-        let packed = bytes32(g, at);
-        let mask = _mm256_set1_epi8(0x0f);
-        PairWeights {
-            first: _mm256_and_si256(packed, mask),
-            second: _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask),
-        }
+        nibble_halves(bytes32(g, at))
+    }
+}
+
+/// Packed nibbles as two vectors of bytes: the low nibbles, then the high.
+#[target_feature(enable = "avx2")]
+fn nibble_halves(packed: __m256i) -> PairWeights {
+    let mask = _mm256_set1_epi8(0x0f);
+    PairWeights {
+        first: _mm256_and_si256(packed, mask),
+        second: _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask),
     }
 }
 
@@ -165,12 +170,7 @@ fn group_pair<const Q8: bool>(g: &[u8], layout: GroupLayout, p: usize) -> PairWe
             second: half16(g, at + 16),
         }
     } else {
-        let packed = half16(g, at);
-        let mask = _mm256_set1_epi8(0x0f);
-        PairWeights {
-            first: _mm256_and_si256(packed, mask),
-            second: _mm256_and_si256(_mm256_srli_epi16::<4>(packed), mask),
-        }
+        nibble_halves(half16(g, at))
     }
 }
 
