@@ -7,6 +7,8 @@
 //!   spread over a [`Pool`] of threads by output column.
 //! - [`ops`]: the f32 row operations around them (RMSNorm, RoPE, SwiGLU,
 //!   attention over a sequence's cached keys and values).
+//! - [`planar`]: the same matrices split into the planes GPU kernels read
+//!   (`shared-model`'s CubeCL kernels).
 //!
 //! # Numerics
 //!
@@ -30,12 +32,14 @@ mod dot;
 pub mod format;
 mod matmul;
 pub mod ops;
+pub mod planar;
 mod pool;
 
 pub use act::Activations;
 pub use dot::Isa;
 pub use format::{ActKind, Format, QMatrix};
 pub use matmul::matmul;
+pub use planar::{PlanarKind, PlanarMatrix};
 pub use pool::Pool;
 
 use thiserror::Error;

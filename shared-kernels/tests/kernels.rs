@@ -280,3 +280,27 @@ fn mismatched_shapes_are_errors() {
     assert!(matmul(&pool, Isa::Portable, &w, &a, &mut [0.0; 3]).is_err());
     assert!(matmul(&pool, Isa::Portable, &w, &a, &mut [0.0; 4]).is_ok());
 }
+
+#[test]
+fn planar_matrices_hold_the_dequantised_values_bit_for_bit() {
+    use shared_kernels::PlanarMatrix;
+    let mut rng = Rng(99);
+    for format in FORMATS {
+        let (rows, cols) = (3, if format.block().0 == 256 { 512 } else { 96 });
+        let data: Vec<u8> = (0..rows)
+            .flat_map(|_| random_row(format, cols, &mut rng))
+            .collect();
+        let planar = PlanarMatrix::from_gguf(format, rows, cols, &data).unwrap();
+        let mut want = vec![0f32; rows * cols];
+        format.dequantize(&data, &mut want).unwrap();
+        for r in 0..rows {
+            for c in 0..cols {
+                assert_eq!(
+                    planar.value(r, c).to_bits(),
+                    want[r * cols + c].to_bits(),
+                    "{format:?} ({r}, {c})"
+                );
+            }
+        }
+    }
+}

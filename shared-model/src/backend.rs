@@ -10,9 +10,15 @@
 //! Each backend also says which engine runs the model on it by default
 //! ([`Backend::KERNELS`]): on a native CPU our own quantised kernels
 //! (`shared-kernels`: weights kept in their GGUF formats, 8-bit activations,
-//! integer dot products), on GPUs burn's tensor ops (weights dequantised to
-//! f32 once, at load, f32 arithmetic). On WebGPU the device must be
-//! initialised asynchronously first ([`init_webgpu`]).
+//! integer dot products); on GPUs burn's tensor ops for everything but the
+//! linear layers, which run our CubeCL kernels (`crate::cube`) on weights kept
+//! quantised on the device, f32 arithmetic ([`Backend::DeviceMatrix`]); on the
+//! browser's CPU burn's tensor ops throughout (weights dequantised to f32 at
+//! load). On WebGPU the device must be initialised asynchronously first
+//! ([`init_webgpu`]).
+
+use burn::tensor::Tensor;
+use shared_kernels::PlanarMatrix;
 
 /// Which code runs the model's arithmetic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +29,9 @@ pub enum Kernels {
         /// Threads a pass is spread over.
         threads: usize,
     },
-    /// burn's tensor ops on the backend's device, f32 weights.
+    /// burn's tensor ops on the backend's device; the linear layers on the
+    /// backend's own kernels where it has them ([`Backend::DeviceMatrix`]),
+    /// else f32 weights and burn's matmul.
     Tensors,
 }
 
@@ -41,6 +49,26 @@ impl Kernels {
 pub trait Backend: burn::tensor::backend::Backend {
     /// The engine [`crate::model::Llama::load`] picks on this backend.
     const KERNELS: Kernels;
+
+    /// A weight matrix kept on the device in the form this backend's own
+    /// kernels multiply (quantised); `Infallible` where there are none and
+    /// the tensor engine multiplies f32 copies with burn's matmul.
+    type DeviceMatrix: Clone + std::fmt::Debug + Send + Sync;
+
+    /// Whether [`Backend::upload_matrix`] can succeed (else weights are not
+    /// even converted for it).
+    const HAS_DEVICE_MATRICES: bool;
+
+    /// Uploads `m` for [`Backend::device_matmul`], or `None` if this backend
+    /// has no kernels of its own.
+    fn upload_matrix(m: &PlanarMatrix, device: &Self::Device) -> Option<Self::DeviceMatrix>;
+
+    /// `x [n, m.cols] → [n, m.rows]`, each row's result independent of the
+    /// others (batch-invariant).
+    fn device_matmul(x: Tensor<Self, 2>, m: &Self::DeviceMatrix) -> Tensor<Self, 2>;
+
+    /// Bytes `m` takes on the device.
+    fn device_matrix_bytes(m: &Self::DeviceMatrix) -> usize;
 }
 
 /// The CPU backend.
@@ -58,6 +86,47 @@ impl Backend for Cpu {
     } else {
         Kernels::Host { threads: 0 }
     };
+    type DeviceMatrix = std::convert::Infallible;
+    const HAS_DEVICE_MATRICES: bool = false;
+
+    fn upload_matrix(_: &PlanarMatrix, _: &Self::Device) -> Option<Self::DeviceMatrix> {
+        None
+    }
+
+    fn device_matmul(_: Tensor<Self, 2>, m: &Self::DeviceMatrix) -> Tensor<Self, 2> {
+        match *m {}
+    }
+
+    fn device_matrix_bytes(m: &Self::DeviceMatrix) -> usize {
+        match *m {}
+    }
+}
+
+/// burn's CubeCL backends (CUDA, WebGPU) in f32 run the tensor engine with our
+/// own kernels for the linear layers (`crate::cube`): weights stay quantised
+/// on the device and every row is reduced in one fixed order.
+#[cfg(any(feature = "cuda", feature = "webgpu"))]
+impl<R, I, BT> Backend for burn_cubecl::CubeBackend<R, f32, I, BT>
+where
+    R: burn_cubecl::CubeRuntime,
+    I: burn_cubecl::IntElement,
+    BT: burn_cubecl::BoolElement,
+{
+    const KERNELS: Kernels = Kernels::Tensors;
+    type DeviceMatrix = crate::cube::CubeMatrix<R>;
+    const HAS_DEVICE_MATRICES: bool = true;
+
+    fn upload_matrix(m: &PlanarMatrix, device: &Self::Device) -> Option<Self::DeviceMatrix> {
+        Some(crate::cube::CubeMatrix::upload(m, device))
+    }
+
+    fn device_matmul(x: Tensor<Self, 2>, m: &Self::DeviceMatrix) -> Tensor<Self, 2> {
+        crate::cube::matmul(x, m)
+    }
+
+    fn device_matrix_bytes(m: &Self::DeviceMatrix) -> usize {
+        m.bytes()
+    }
 }
 
 /// The CPU device.
@@ -70,11 +139,6 @@ pub fn cpu_device() -> burn::backend::flex::FlexDevice {
 #[cfg(feature = "cuda")]
 pub type Cuda = burn::backend::Cuda<f32, i32>;
 
-#[cfg(feature = "cuda")]
-impl Backend for Cuda {
-    const KERNELS: Kernels = Kernels::Tensors;
-}
-
 /// CUDA device `index`.
 #[cfg(feature = "cuda")]
 pub fn cuda_device(index: usize) -> burn::backend::cuda::CudaDevice {
@@ -84,11 +148,6 @@ pub fn cuda_device(index: usize) -> burn::backend::cuda::CudaDevice {
 /// The WebGPU backend, f32.
 #[cfg(feature = "webgpu")]
 pub type WebGpu = burn::backend::WebGpu<f32, i32>;
-
-#[cfg(feature = "webgpu")]
-impl Backend for WebGpu {
-    const KERNELS: Kernels = Kernels::Tensors;
-}
 
 /// What the WebGPU adapter the model runs on says about itself.
 #[cfg(feature = "webgpu")]

@@ -152,6 +152,21 @@ fn matrix<S: GgufSource>(
     n_in: usize,
     n_out: usize,
 ) -> Result<QMatrix, ModelError> {
+    let (format, bytes) = matrix_bytes(gguf, name, n_in, n_out)?;
+    QMatrix::new(format, n_out, n_in, bytes).map_err(|source| ModelError::Kernel {
+        tensor: name.to_owned(),
+        source,
+    })
+}
+
+/// The blocks of matrix `name` (`n_out` rows of `n_in`, dims checked) in a
+/// format the kernels take: the file's, or f32 for BF16.
+pub(crate) fn matrix_bytes<S: GgufSource>(
+    gguf: &mut Gguf<S>,
+    name: &str,
+    n_in: usize,
+    n_out: usize,
+) -> Result<(Format, Vec<u8>), ModelError> {
     let (info, bytes) = gguf.tensor_bytes(name)?;
     let expected = vec![n_in as u64, n_out as u64];
     if info.dims != expected {
@@ -178,10 +193,7 @@ fn matrix<S: GgufSource>(
             .into());
         }
     };
-    QMatrix::new(format, n_out, n_in, bytes).map_err(|source| ModelError::Kernel {
-        tensor: name.to_owned(),
-        source,
-    })
+    Ok((format, bytes))
 }
 
 /// `parts` as one stacked matrix when their formats agree, else as they are.

@@ -17,12 +17,16 @@
 //! - [`generate`]: one sequence on this machine, plain or with a draft model (same tokens).
 //! - [`text`]: token bytes to text as it streams, with stop strings held back.
 //! - [`backend`]: the one module that names concrete backends (CPU, CUDA, WebGPU).
+//! - `cube` (with `cuda` or `webgpu`): our CubeCL kernels, the GPU backends'
+//!   linear layers on weights kept quantised on the device.
 //!
 //! The crate builds for native targets and for `wasm32-unknown-unknown`.
 #![deny(missing_docs)]
 
 pub mod backend;
 pub mod config;
+#[cfg(any(feature = "cuda", feature = "webgpu"))]
+pub mod cube;
 pub mod draft;
 pub mod generate;
 pub mod gguf;

@@ -9,11 +9,13 @@
 //! That is what makes speculative decoding lossless and continuous batching
 //! invisible to each request, and it takes care:
 //!
-//! - Linear layers multiply by weights stored `[in, out]` contiguously and split
-//!   every reduction into chunks of at most [`REDUCTION_CHUNK`] values, summed in
-//!   a fixed order. GEMM kernels pick their code path by shape, but within one
-//!   such chunk the row-vector and matrix paths reduce in the same order, so a
-//!   row's result does not depend on how many rows share the product.
+//! - Linear layers: on the CPU (the host engine, `shared-kernels`) and on GPUs
+//!   (our CubeCL kernels, `crate::cube`) every row is reduced in one fixed
+//!   order by construction. Where burn's matmul does the work (the browser's
+//!   CPU), weights are stored `[in, out]` contiguously and every reduction is
+//!   split into chunks of at most [`REDUCTION_CHUNK`] values, summed in a fixed
+//!   order: GEMM kernels pick their code path by shape, but within one such
+//!   chunk flex's row-vector and matrix paths reduce in the same order.
 //! - Attention is computed position by position, each with exactly its own
 //!   context: the same shapes, hence the same kernels, as one-token decoding.
 //! - RMSNorm, RoPE, SwiGLU and softmax work row by row.
@@ -34,6 +36,7 @@ use crate::backend::{Backend, Kernels};
 use crate::config::LlamaConfig;
 use crate::gguf::{Gguf, GgufError, GgufSource};
 use crate::host::{HostCache, HostItem, HostModel, SharedHostModel};
+use shared_kernels::PlanarMatrix;
 
 /// Longest reduction handed to one matrix product (see the module docs).
 pub const REDUCTION_CHUNK: usize = 512;
@@ -151,14 +154,39 @@ pub struct BatchItem<'a, B: Backend> {
     pub logits: Logits,
 }
 
-/// A weight matrix stored `[in, out]`, pre-split along `in` into chunks of at
-/// most [`REDUCTION_CHUNK`] rows.
+/// A weight matrix of the tensor engine.
 #[derive(Debug, Clone)]
-struct Linear<B: Backend> {
-    chunks: Vec<(usize, Tensor<B, 2>)>,
+enum Linear<B: Backend> {
+    /// f32, stored `[in, out]`, pre-split along `in` into chunks of at most
+    /// [`REDUCTION_CHUNK`] rows, multiplied by burn's matmul.
+    Chunks(Vec<(usize, Tensor<B, 2>)>),
+    /// In the backend's own form, multiplied by its own kernels.
+    Device(B::DeviceMatrix),
 }
 
 impl<B: Backend> Linear<B> {
+    /// Matrix `name` (`n_out` rows of `n_in` in the file): on the device in
+    /// the backend's own form where it has one, else dequantised to f32.
+    fn load<S: GgufSource>(
+        gguf: &mut Gguf<S>,
+        name: &str,
+        n_in: usize,
+        n_out: usize,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
+        if B::HAS_DEVICE_MATRICES {
+            let (format, bytes) = crate::host::matrix_bytes(gguf, name, n_in, n_out)?;
+            // Rows that are not whole blocks of 32 stay on burn's matmul.
+            if let Ok(planar) = PlanarMatrix::from_gguf(format, n_out, n_in, &bytes)
+                && let Some(m) = B::upload_matrix(&planar, device)
+            {
+                return Ok(Linear::Device(m));
+            }
+        }
+        let values = load_tensor(gguf, name, &[n_in, n_out])?;
+        Ok(Self::from_gguf_rows(values, n_in, n_out, device))
+    }
+
     /// From a GGUF-layout matrix (`out` rows of `in` values).
     fn from_gguf_rows(values: Vec<f32>, n_in: usize, n_out: usize, device: &B::Device) -> Self {
         let mut transposed = vec![0f32; values.len()];
@@ -183,13 +211,33 @@ impl<B: Backend> Linear<B> {
                 )
             })
             .collect();
-        Linear { chunks }
+        Linear::Chunks(chunks)
+    }
+
+    /// Bytes the matrix takes.
+    fn bytes(&self) -> usize {
+        match self {
+            Linear::Chunks(chunks) => chunks
+                .iter()
+                .map(|(_, w)| w.shape().num_elements() * std::mem::size_of::<f32>())
+                .sum(),
+            Linear::Device(m) => B::device_matrix_bytes(m),
+        }
+    }
+
+    /// Whether the backend's own kernels multiply it.
+    fn on_device_kernels(&self) -> bool {
+        matches!(self, Linear::Device(_))
     }
 
     /// `x [n, in] → [n, out]`.
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        let chunks = match self {
+            Linear::Chunks(chunks) => chunks,
+            Linear::Device(m) => return B::device_matmul(x, m),
+        };
         let mut acc: Option<Tensor<B, 2>> = None;
-        for (start, w) in &self.chunks {
+        for (start, w) in chunks {
             let part = x.clone().narrow(1, *start, w.dims()[0]).matmul(w.clone());
             acc = Some(match acc {
                 None => part,
@@ -439,22 +487,21 @@ impl<B: Backend> Llama<B> {
                 h.threads(),
                 h.weight_bytes() as f64 / (1 << 20) as f64
             ),
+            Engine::Tensors(t) if t.output.on_device_kernels() => format!(
+                "tensor ops, linear layers on our GPU kernels ({:.1} MiB of quantised weights)",
+                t.weight_bytes() as f64 / (1 << 20) as f64
+            ),
             Engine::Tensors(_) => "tensor ops (f32 weights)".into(),
         }
     }
 
     /// Bytes of weight matrices a pass reads (the host engine keeps the
-    /// file's formats; the tensor engine f32). Norm vectors are left out.
+    /// file's formats; the tensor engine f32 or, on GPUs, planes of 4- or
+    /// 8-bit codes). Norm vectors are left out.
     pub fn weight_bytes(&self) -> usize {
         match &self.engine {
             Engine::Host(h) => h.weight_bytes(),
-            Engine::Tensors(_) => {
-                let c = &self.config;
-                let kv = c.n_head_kv * c.head_dim;
-                let per_block = 2 * c.n_embd * c.n_embd + 2 * c.n_embd * kv + 3 * c.n_embd * c.n_ff;
-                // Embedding and output head, each an f32 copy.
-                (c.n_layer * per_block + 2 * c.vocab_size * c.n_embd) * std::mem::size_of::<f32>()
-            }
+            Engine::Tensors(t) => t.weight_bytes(),
         }
     }
 
@@ -597,6 +644,18 @@ impl<B: Backend> Llama<B> {
 }
 
 impl<B: Backend> TensorWeights<B> {
+    /// Bytes of the weight matrices, the embedding table (f32) included.
+    fn weight_bytes(&self) -> usize {
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down])
+            .map(Linear::bytes)
+            .sum();
+        let embedding = self.embedding.shape().num_elements() * std::mem::size_of::<f32>();
+        blocks + embedding + self.output.bytes()
+    }
+
     /// Dequantises the weights of `c`'s blocks to f32 on `device`.
     fn load<S: GgufSource>(
         gguf: &mut Gguf<S>,
@@ -614,21 +673,23 @@ impl<B: Backend> TensorWeights<B> {
             TensorData::new(embedding_values.clone(), [c.vocab_size, d]),
             device,
         );
-        let output_values = if gguf.tensor_info("output.weight").is_ok() {
-            load_tensor(gguf, "output.weight", &[d, c.vocab_size])?
+        // Without its own output head the model ties it to the embeddings.
+        let head = if gguf.tensor_info("output.weight").is_ok() {
+            "output.weight"
         } else {
-            // Tied embeddings: the output head is the embedding matrix.
-            embedding_values
+            "token_embd.weight"
         };
-        let output = Linear::from_gguf_rows(output_values, d, c.vocab_size, device);
+        let output = if B::HAS_DEVICE_MATRICES || head == "output.weight" {
+            Linear::load(gguf, head, d, c.vocab_size, device)?
+        } else {
+            Linear::from_gguf_rows(embedding_values, d, c.vocab_size, device)
+        };
         let mut blocks = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             let name = |t: &str| format!("blk.{i}.{t}.weight");
-            let mut linear =
-                |t: &str, n_in: usize, n_out: usize| -> Result<Linear<B>, ModelError> {
-                    let values = load_tensor(gguf, &name(t), &[n_in, n_out])?;
-                    Ok(Linear::from_gguf_rows(values, n_in, n_out, device))
-                };
+            let mut linear = |t: &str, n_in: usize, n_out: usize| {
+                Linear::load(gguf, &name(t), n_in, n_out, device)
+            };
             let (wq, wk, wv, wo) = (
                 linear("attn_q", d, d)?,
                 linear("attn_k", d, kv_dim)?,

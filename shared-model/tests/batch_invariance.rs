@@ -6,7 +6,7 @@
 
 mod common;
 
-use shared_model::backend::{Cpu, cpu_device};
+use shared_model::backend::{Backend, Cpu, cpu_device};
 use shared_model::gguf::Gguf;
 use shared_model::model::{BatchItem, Llama, Logits};
 use shared_model::tokenizer::{EncodeOptions, Tokenizer};
@@ -26,7 +26,11 @@ fn bits(rows: &[Vec<f32>]) -> Vec<Vec<u32>> {
 }
 
 /// Logits of every position, feeding the tokens in passes of the given sizes.
-fn logits_in_passes(model: &Llama<Cpu>, tokens: &[u32], sizes: &[usize]) -> Vec<Vec<f32>> {
+fn logits_in_passes<B: Backend>(
+    model: &Llama<B>,
+    tokens: &[u32],
+    sizes: &[usize],
+) -> Vec<Vec<f32>> {
     let mut cache = model.new_cache();
     let mut rows = Vec::new();
     let mut at = 0;
@@ -141,7 +145,11 @@ fn sessions_with_their_own_caches_do_not_interfere() {
 /// Logits of every position of several sequences run side by side: step `s`
 /// feeds sequence `i` its next `sizes[i]` tokens (while it has any), all
 /// sequences in one batched pass.
-fn logits_batched(model: &Llama<Cpu>, seqs: &[&[u32]], sizes: &[usize]) -> Vec<Vec<Vec<f32>>> {
+fn logits_batched<B: Backend>(
+    model: &Llama<B>,
+    seqs: &[&[u32]],
+    sizes: &[usize],
+) -> Vec<Vec<Vec<f32>>> {
     let mut caches: Vec<_> = seqs.iter().map(|_| model.new_cache()).collect();
     let mut rows = vec![Vec::new(); seqs.len()];
     let mut at = vec![0; seqs.len()];
@@ -238,4 +246,39 @@ fn a_bad_item_fails_the_batch_without_touching_any_cache() {
     assert_eq!(rows.dims()[0], 2);
     assert_eq!((a.len(), b.len()), (6, 4));
     assert!(b.allocated_bytes() >= 4 * model.kv_bytes_per_position());
+}
+
+/// The same checks on burn's wgpu backend (natively: a GPU through Vulkan or
+/// Metal, or Mesa's software Vulkan, lavapipe, in CI).
+#[cfg(feature = "webgpu")]
+mod webgpu {
+    use super::*;
+    use shared_model::backend::{Kernels, WebGpu, wgpu_device};
+
+    fn setup() -> (Llama<WebGpu>, Vec<u32>) {
+        let (device, info) = wgpu_device();
+        eprintln!("wgpu adapter: {info:?}");
+        let mut gguf = Gguf::open(common::default_model()).unwrap();
+        let tokenizer = Tokenizer::from_metadata(&gguf.metadata).unwrap();
+        let model = Llama::load_with(&mut gguf, &device, None, Kernels::Tensors).unwrap();
+        let text = "fn main() {\n    let xs: Vec<u32> = (0..10).map(|x| x * x).collect();\n    println!(\"{xs:?}\");\n}\n// The sum of the squares is";
+        (model, tokenizer.encode(text, EncodeOptions::TEXT))
+    }
+
+    #[test]
+    fn wgpu_logits_do_not_depend_on_how_many_positions_share_a_pass() {
+        let (model, tokens) = setup();
+        let tokens = &tokens[..24];
+        let one_at_a_time = bits(&logits_in_passes(&model, tokens, &[1]));
+        for sizes in [vec![tokens.len()], vec![8], vec![3, 1, 5, 2, 7]] {
+            let batched = bits(&logits_in_passes(&model, tokens, &sizes));
+            let differing: Vec<usize> = (0..tokens.len())
+                .filter(|&i| batched[i] != one_at_a_time[i])
+                .collect();
+            assert!(
+                differing.is_empty(),
+                "passes of {sizes:?}: positions {differing:?} differ"
+            );
+        }
+    }
 }

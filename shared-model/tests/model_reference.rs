@@ -15,7 +15,7 @@
 
 mod common;
 
-use shared_model::backend::{Cpu, Kernels, cpu_device};
+use shared_model::backend::{Backend, Cpu, Kernels, cpu_device};
 use shared_model::gguf::Gguf;
 use shared_model::model::{Llama, Logits};
 use shared_model::sampling::argmax;
@@ -38,7 +38,7 @@ fn model(kernels: Kernels) -> Llama<Cpu> {
 /// prompt (top-10 of each position and the whole last row), and the number
 /// of positions whose top-1 differs where the reference's top-2 gap is at
 /// least `tie`.
-fn logit_error(model: &Llama<Cpu>, tie: f32) -> (f32, usize) {
+fn logit_error<B: Backend>(model: &Llama<B>, tie: f32) -> (f32, usize) {
     let fixture = common::fixture("f32_reference_logits.json");
     let prompt = common::ids(&fixture["prompt_ids"]);
     let mut cache = model.new_cache();
@@ -223,4 +223,27 @@ fn host_engine_greedy_decoding_follows_the_references() {
             }
         }
     }
+}
+
+/// burn's wgpu backend with our CubeCL kernels for the linear layers (a GPU
+/// through Vulkan or Metal; in CI Mesa's software Vulkan, lavapipe).
+#[cfg(feature = "webgpu")]
+#[test]
+fn wgpu_logits_match_the_f32_reference() {
+    use shared_model::backend::{WebGpu, wgpu_device};
+    let (device, info) = wgpu_device();
+    let mut gguf = Gguf::open(common::default_model()).unwrap();
+    let model = Llama::<WebGpu>::load_with(&mut gguf, &device, None, Kernels::Tensors).unwrap();
+    let engine = model.engine_description();
+    assert!(engine.contains("GPU kernels"), "{engine}");
+    let (worst, top1_differs) = logit_error(&model, 0.0);
+    println!(
+        "wgpu on {}: {engine}: largest logit difference from the f32 reference: {worst}",
+        info.adapter
+    );
+    assert!(
+        worst < 1e-4,
+        "logits differ from the reference by up to {worst}"
+    );
+    assert_eq!(top1_differs, 0);
 }
