@@ -27,9 +27,9 @@ use cubecl::CubeCount;
 use shared_kernels::{PlanarKind, PlanarMatrix};
 
 /// Output columns one cube computes.
-pub const COLUMNS: usize = 4;
+pub const COLUMNS: usize = 16;
 /// Threads that share the reduction of one output column.
-pub const SPLIT: usize = 16;
+pub const SPLIT: usize = 8;
 /// Rows of the pass one cube takes.
 pub const ROWS: usize = 8;
 /// Values per block: every kernel walks a row 32 values at a time.
@@ -174,7 +174,9 @@ fn reduce_and_store(
     let mut partial = SharedMemory::<f32>::new(COLUMNS * SPLIT * ROWS);
     let local = UNIT_POS_X as usize;
     for r in 0..ROWS {
-        partial[local * ROWS + r] = acc[r];
+        if first_row + r < n {
+            partial[r * COLUMNS * SPLIT + local] = acc[r];
+        }
     }
     sync_cube();
     if part == 0 && column < rows {
@@ -182,8 +184,9 @@ fn reduce_and_store(
             let row = first_row + r;
             if row < n {
                 let mut sum = 0.0f32;
+                #[unroll]
                 for p in 0..SPLIT {
-                    sum += partial[(local + p) * ROWS + r];
+                    sum += partial[r * COLUMNS * SPLIT + local + p];
                 }
                 out[row * rows + column] = sum;
             }
@@ -195,6 +198,7 @@ fn reduce_and_store(
 #[cube]
 fn zeros() -> Array<f32> {
     let mut acc = Array::<f32>::new(ROWS);
+    #[unroll]
     for r in 0..ROWS {
         acc[r] = 0.0f32;
     }
@@ -217,15 +221,8 @@ fn nibble_matmul(
     let mut acc = zeros();
     if column < rows {
         let blocks = cols / BLOCK;
-        let mut q = Array::<f32>::new(BLOCK);
         for b in range_stepped(part, blocks, SPLIT) {
             let block = column * blocks + b;
-            for w in 0..4usize {
-                let word = codes[block * 4 + w];
-                for k in 0..8usize {
-                    q[w * 8 + k] = f32::cast_from((word >> (4 * k as u32)) & 15u32);
-                }
-            }
             let (scale, offset) = (scales[block], offsets[block]);
             for r in 0..ROWS {
                 let row = first_row + r;
@@ -233,10 +230,15 @@ fn nibble_matmul(
                     let base = row * cols + b * BLOCK;
                     let mut dot = 0.0f32;
                     let mut sum = 0.0f32;
-                    for j in 0..BLOCK {
-                        let v = x[base + j];
-                        dot += q[j] * v;
-                        sum += v;
+                    #[unroll]
+                    for w in 0..4usize {
+                        let word = codes[block * 4 + w];
+                        #[unroll]
+                        for k in 0..8usize {
+                            let v = x[base + w * 8 + k];
+                            dot += f32::cast_from((word >> (4 * k as u32)) & 15u32) * v;
+                            sum += v;
+                        }
                     }
                     acc[r] += scale * dot + offset * sum;
                 }
@@ -261,36 +263,41 @@ fn byte_matmul(
     let mut acc = zeros();
     if column < rows {
         let blocks = cols / BLOCK;
-        let mut q = Array::<f32>::new(BLOCK);
         for b in range_stepped(part, blocks, SPLIT) {
             let block = column * blocks + b;
-            for w in 0..8usize {
-                let word = codes[block * 8 + w];
-                for k in 0..4usize {
-                    let byte = i32::cast_from((word >> (8 * k as u32)) & 255u32);
-                    // Sign-extend without relying on how a target shifts.
-                    q[w * 4 + k] = f32::cast_from(byte - 256 * (byte / 128));
-                }
-            }
             let (low, high) = (scales[2 * block], scales[2 * block + 1]);
             for r in 0..ROWS {
                 let row = first_row + r;
                 if row < n {
                     let base = row * cols + b * BLOCK;
-                    let mut dot_low = 0.0f32;
-                    let mut dot_high = 0.0f32;
-                    for j in 0..16usize {
-                        dot_low += q[j] * x[base + j];
-                    }
-                    for j in 16..BLOCK {
-                        dot_high += q[j] * x[base + j];
-                    }
-                    acc[r] += low * dot_low + high * dot_high;
+                    // Two halves of 16 values, one scale each.
+                    let low_dot = byte_dot(x, codes, block * 8, base);
+                    let high_dot = byte_dot(x, codes, block * 8 + 4, base + 16);
+                    acc[r] += low * low_dot + high * high_dot;
                 }
             }
         }
     }
     reduce_and_store(&acc, out, n, rows, column, part, first_row);
+}
+
+/// The dot product of the 16 signed 8-bit codes in words `word..word + 4`
+/// with `x[at..at + 16]`, in order.
+#[cube]
+fn byte_dot(x: &Array<f32>, codes: &Array<u32>, word: usize, at: usize) -> f32 {
+    let mut dot = 0.0f32;
+    #[unroll]
+    for w in 0..4usize {
+        let packed = codes[word + w];
+        #[unroll]
+        for k in 0..4usize {
+            let byte = i32::cast_from((packed >> (8 * k as u32)) & 255u32);
+            // Sign-extend without relying on how a target shifts.
+            let code = f32::cast_from(byte - 256 * (byte / 128));
+            dot += code * x[at + w * 4 + k];
+        }
+    }
+    dot
 }
 
 /// f32 weights (from F32 or F16 files).
@@ -314,6 +321,7 @@ fn float_matmul(
                 if row < n {
                     let base = row * cols + b * BLOCK;
                     let mut dot = 0.0f32;
+                    #[unroll]
                     for j in 0..BLOCK {
                         dot += weights[start + j] * x[base + j];
                     }

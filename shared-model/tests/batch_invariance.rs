@@ -248,8 +248,10 @@ fn a_bad_item_fails_the_batch_without_touching_any_cache() {
     assert!(b.allocated_bytes() >= 4 * model.kv_bytes_per_position());
 }
 
-/// The same checks on burn's wgpu backend (natively: a GPU through Vulkan or
-/// Metal, or Mesa's software Vulkan, lavapipe, in CI).
+/// The same checks on burn's wgpu backend with our CubeCL kernels (natively:
+/// a GPU through Vulkan or Metal, or Mesa's software Vulkan, lavapipe, in CI).
+/// The first 4 blocks of the model: software Vulkan is slow, and every block
+/// runs the same kernels.
 #[cfg(feature = "webgpu")]
 mod webgpu {
     use super::*;
@@ -260,15 +262,18 @@ mod webgpu {
         eprintln!("wgpu adapter: {info:?}");
         let mut gguf = Gguf::open(common::default_model()).unwrap();
         let tokenizer = Tokenizer::from_metadata(&gguf.metadata).unwrap();
-        let model = Llama::load_with(&mut gguf, &device, None, Kernels::Tensors).unwrap();
-        let text = "fn main() {\n    let xs: Vec<u32> = (0..10).map(|x| x * x).collect();\n    println!(\"{xs:?}\");\n}\n// The sum of the squares is";
+        let model = Llama::load_with(&mut gguf, &device, Some(4), Kernels::Tensors).unwrap();
+        let engine = model.engine_description();
+        assert!(engine.contains("GPU kernels"), "{engine}");
+        let text = "fn main() {\n    let xs: Vec<u32> = (0..10).map(|x| x * x).collect();";
         (model, tokenizer.encode(text, EncodeOptions::TEXT))
     }
 
     #[test]
-    fn wgpu_logits_do_not_depend_on_how_many_positions_share_a_pass() {
+    fn wgpu_logits_do_not_depend_on_how_many_positions_share_a_pass_or_the_other_sequences() {
         let (model, tokens) = setup();
-        let tokens = &tokens[..24];
+        assert!(tokens.len() >= 20, "{}", tokens.len());
+        let tokens = &tokens[..20];
         let one_at_a_time = bits(&logits_in_passes(&model, tokens, &[1]));
         for sizes in [vec![tokens.len()], vec![8], vec![3, 1, 5, 2, 7]] {
             let batched = bits(&logits_in_passes(&model, tokens, &sizes));
@@ -279,6 +284,13 @@ mod webgpu {
                 differing.is_empty(),
                 "passes of {sizes:?}: positions {differing:?} differ"
             );
+        }
+        // Three sequences side by side, prefill-like chunks beside decoding.
+        let seqs: Vec<&[u32]> = vec![&tokens[..12], &tokens[4..9], &tokens[2..20]];
+        let batched = logits_batched(&model, &seqs, &[5, 1, 9]);
+        for (i, rows) in batched.iter().enumerate() {
+            let alone = bits(&logits_in_passes(&model, seqs[i], &[1]));
+            assert_eq!(bits(rows), alone, "sequence {i} differs from running alone");
         }
     }
 }
