@@ -4,6 +4,7 @@
 #   scripts/setup.sh            everything (what scripts/test.sh needs)
 #   scripts/setup.sh model      only the default model
 #   scripts/setup.sh rust       only the Rust side (wasm32 target, wasm-bindgen, trunk)
+#   scripts/setup.sh vulkan     only Mesa's software Vulkan (lavapipe), for the wgpu tests
 #   scripts/setup.sh browser    only Chromium and the Playwright npm packages
 #   scripts/setup.sh python     only the Python venv with the OpenAI SDK (for the API test)
 #
@@ -137,6 +138,14 @@ ensure_rust() {
     rm -rf "$scratch"
 }
 
+# ------------------------------------------------------------------ vulkan
+
+# A Vulkan driver for the wgpu tests: Mesa's lavapipe runs Vulkan on the CPU, so
+# the GPU kernels (shared-model/src/cube.rs) are tested on machines without a GPU.
+ensure_vulkan() {
+    compgen -G "/usr/share/vulkan/icd.d/lvp_icd*.json" >/dev/null || apt_install mesa-vulkan-drivers
+}
+
 # ------------------------------------------------------------------ browser
 
 ensure_chromium() {
@@ -221,12 +230,13 @@ ensure_python_sdk() {
 setup_main() {
     local what="${1:-all}"
     case "$what" in
-        all) ensure_rust; ensure_browser; ensure_model; ensure_python_sdk ;;
+        all) ensure_rust; ensure_vulkan; ensure_browser; ensure_model; ensure_python_sdk ;;
         rust) ensure_rust ;;
+        vulkan) ensure_vulkan ;;
         browser) ensure_browser ;;
         model) ensure_model ;;
         python) ensure_python_sdk ;;
-        *) die "unknown part '$what' (all, rust, browser, model, python)" ;;
+        *) die "unknown part '$what' (all, rust, vulkan, browser, model, python)" ;;
     esac
 }
 

@@ -69,13 +69,19 @@ with_clippy() {
     RUSTC_WORKSPACE_WRAPPER="$driver" CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__" "$@"
 }
 
+# The model's wgpu backend is built into the test run too, so our GPU kernels and
+# the tensor engine on them are tested (on lavapipe here; shared-model/tests/
+# cube_kernels.rs, batch_invariance.rs, model_reference.rs). One build of burn
+# serves both the CPU and the wgpu tests.
+TEST_FEATURES="shared-model/webgpu"
+
 RESULTS="$(mktemp)"
 trap 'rm -f "$RESULTS"' EXIT
 cargo_tests() {
     # --all-targets builds (and lints) benches and examples too; the run itself is
     # plain `cargo test`, which reuses that build.
-    with_clippy cargo test --locked --workspace --all-targets --no-run
-    with_clippy cargo test --locked --workspace 2>&1 | tee "$RESULTS"
+    with_clippy cargo test --locked --workspace --all-targets --features "$TEST_FEATURES" --no-run
+    with_clippy cargo test --locked --workspace --features "$TEST_FEATURES" 2>&1 | tee "$RESULTS"
 }
 # webapp/tests/in_browser.rs in headless Chromium; after trunk, so it reuses its build.
 wasm_tests() {

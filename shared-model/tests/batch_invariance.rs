@@ -272,10 +272,10 @@ mod webgpu {
     #[test]
     fn wgpu_logits_do_not_depend_on_how_many_positions_share_a_pass_or_the_other_sequences() {
         let (model, tokens) = setup();
-        assert!(tokens.len() >= 20, "{}", tokens.len());
-        let tokens = &tokens[..20];
+        assert!(tokens.len() >= 12, "{}", tokens.len());
+        let tokens = &tokens[..12];
         let one_at_a_time = bits(&logits_in_passes(&model, tokens, &[1]));
-        for sizes in [vec![tokens.len()], vec![8], vec![3, 1, 5, 2, 7]] {
+        for sizes in [vec![tokens.len()], vec![5], vec![3, 1, 6, 2]] {
             let batched = bits(&logits_in_passes(&model, tokens, &sizes));
             let differing: Vec<usize> = (0..tokens.len())
                 .filter(|&i| batched[i] != one_at_a_time[i])
@@ -285,9 +285,9 @@ mod webgpu {
                 "passes of {sizes:?}: positions {differing:?} differ"
             );
         }
-        // Three sequences side by side, prefill-like chunks beside decoding.
-        let seqs: Vec<&[u32]> = vec![&tokens[..12], &tokens[4..9], &tokens[2..20]];
-        let batched = logits_batched(&model, &seqs, &[5, 1, 9]);
+        // Two sequences side by side, a prefill-like chunk beside decoding.
+        let seqs: Vec<&[u32]> = vec![&tokens[..8], &tokens[3..8]];
+        let batched = logits_batched(&model, &seqs, &[5, 1]);
         for (i, rows) in batched.iter().enumerate() {
             let alone = bits(&logits_in_passes(&model, seqs[i], &[1]));
             assert_eq!(bits(rows), alone, "sequence {i} differs from running alone");
