@@ -69,6 +69,10 @@ pub trait Backend: burn::tensor::backend::Backend {
 
     /// Bytes `m` takes on the device.
     fn device_matrix_bytes(m: &Self::DeviceMatrix) -> usize;
+
+    /// Rows `ids` of `m`, dequantised: `[ids.len(), m.cols]` (embedding
+    /// lookups).
+    fn device_rows(m: &Self::DeviceMatrix, ids: &[u32], device: &Self::Device) -> Tensor<Self, 2>;
 }
 
 /// The CPU backend.
@@ -100,6 +104,10 @@ impl Backend for Cpu {
     fn device_matrix_bytes(m: &Self::DeviceMatrix) -> usize {
         match *m {}
     }
+
+    fn device_rows(m: &Self::DeviceMatrix, _: &[u32], _: &Self::Device) -> Tensor<Self, 2> {
+        match *m {}
+    }
 }
 
 /// burn's CubeCL backends (CUDA, WebGPU) in f32 run the tensor engine with our
@@ -126,6 +134,10 @@ where
 
     fn device_matrix_bytes(m: &Self::DeviceMatrix) -> usize {
         m.bytes()
+    }
+
+    fn device_rows(m: &Self::DeviceMatrix, ids: &[u32], device: &Self::Device) -> Tensor<Self, 2> {
+        crate::cube::rows(m, ids, device)
     }
 }
 

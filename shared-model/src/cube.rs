@@ -139,6 +139,106 @@ impl<R: CubeRuntime> CubeMatrix<R> {
     }
 }
 
+/// Rows `ids` of `m`, dequantised: `[ids.len(), m.cols]` (the embedding
+/// lookup, from the same planes as a tied output head).
+pub fn rows<R: CubeRuntime, I: IntElement, BT: BoolElement>(
+    m: &CubeMatrix<R>,
+    ids: &[u32],
+    device: &R::Device,
+) -> Tensor<CubeBackend<R, f32, I, BT>, 2> {
+    let client = R::client(device);
+    let n = ids.len();
+    let out = burn_cubecl::ops::numeric::empty_device_dtype(
+        client.clone(),
+        device.clone(),
+        Shape::new([n, m.cols]),
+        DType::F32,
+    );
+    if n > 0 {
+        let handle = client.create_from_slice(u32::as_bytes(ids));
+        let ids = CubeTensor::new_contiguous(
+            client.clone(),
+            device.clone(),
+            Shape::new([n]),
+            handle,
+            DType::U32,
+        );
+        let count = CubeCount::Static(m.cols.div_ceil(ROW_THREADS) as u32, n as u32, 1);
+        let dim = CubeDim::new_1d(ROW_THREADS as u32);
+        let (ids, out_arg) = (ids.into_array_arg(), out.clone().into_array_arg());
+        let (codes, scales, offsets) = (
+            m.codes.clone().into_array_arg(),
+            m.scales.clone().into_array_arg(),
+            m.offsets.clone().into_array_arg(),
+        );
+        match m.kind {
+            PlanarKind::Nibbles => nibble_rows::launch(
+                &client, count, dim, ids, codes, scales, offsets, out_arg, m.cols,
+            ),
+            PlanarKind::Bytes => {
+                byte_rows::launch(&client, count, dim, ids, codes, scales, out_arg, m.cols)
+            }
+            PlanarKind::Floats => {
+                float_rows::launch(&client, count, dim, ids, scales, out_arg, m.cols)
+            }
+        }
+    }
+    Tensor::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// Threads of a cube of the row lookups.
+const ROW_THREADS: usize = 64;
+
+/// `(row of the output, column)` of this unit, `None`-like when past the row.
+#[cube]
+fn row_place() -> (usize, usize) {
+    (
+        CUBE_POS_Y as usize,
+        CUBE_POS_X as usize * ROW_THREADS + UNIT_POS_X as usize,
+    )
+}
+
+#[cube(launch)]
+fn nibble_rows(
+    ids: &Array<u32>,
+    codes: &Array<u32>,
+    scales: &Array<f32>,
+    offsets: &Array<f32>,
+    out: &mut Array<f32>,
+    cols: usize,
+) {
+    let (i, c) = row_place();
+    if c < cols {
+        let j = ids[i] as usize * cols + c;
+        let code = (codes[j / 8] >> (4 * (j % 8) as u32)) & 15u32;
+        out[i * cols + c] = scales[j / BLOCK] * f32::cast_from(code) + offsets[j / BLOCK];
+    }
+}
+
+#[cube(launch)]
+fn byte_rows(
+    ids: &Array<u32>,
+    codes: &Array<u32>,
+    scales: &Array<f32>,
+    out: &mut Array<f32>,
+    cols: usize,
+) {
+    let (i, c) = row_place();
+    if c < cols {
+        let j = ids[i] as usize * cols + c;
+        let byte = i32::cast_from((codes[j / 4] >> (8 * (j % 4) as u32)) & 255u32);
+        out[i * cols + c] = scales[j / 16] * f32::cast_from(byte - 256 * (byte / 128));
+    }
+}
+
+#[cube(launch)]
+fn float_rows(ids: &Array<u32>, values: &Array<f32>, out: &mut Array<f32>, cols: usize) {
+    let (i, c) = row_place();
+    if c < cols {
+        out[i * cols + c] = values[ids[i] as usize * cols + c];
+    }
+}
+
 /// `x [n, cols] → [n, m.rows]` on a CubeCL backend.
 pub fn matmul<R: CubeRuntime, I: IntElement, BT: BoolElement>(
     x: Tensor<CubeBackend<R, f32, I, BT>, 2>,

@@ -390,11 +390,23 @@ enum Engine<B: Backend> {
     Host(SharedHostModel),
 }
 
-/// The weights of the tensor engine, dequantised to f32 on the device.
+/// The token embeddings of the tensor engine.
+#[derive(Debug, Clone)]
+enum Embedding<B: Backend> {
+    /// f32 `[v, d]`, rows looked up by token id.
+    Table(Tensor<B, 2>),
+    /// In the backend's own form (with a tied output head, the head's own
+    /// matrix: one copy on the device), rows dequantised as they are looked up.
+    Device(B::DeviceMatrix),
+}
+
+/// The weights of the tensor engine, on the device: f32, or in the backend's
+/// own (quantised) form for its own kernels.
 #[derive(Debug, Clone)]
 struct TensorWeights<B: Backend> {
-    /// `[v, d]`, rows looked up by token id.
-    embedding: Tensor<B, 2>,
+    embedding: Embedding<B>,
+    /// Whether the output head is the embedding matrix.
+    tied: bool,
     blocks: Vec<Block<B>>,
     output_norm: Tensor<B, 1>,
     output: Linear<B>,
@@ -644,7 +656,8 @@ impl<B: Backend> Llama<B> {
 }
 
 impl<B: Backend> TensorWeights<B> {
-    /// Bytes of the weight matrices, the embedding table (f32) included.
+    /// Bytes of the weight matrices on the device (a tied embedding and
+    /// head counted once when they share one matrix).
     fn weight_bytes(&self) -> usize {
         let blocks: usize = self
             .blocks
@@ -652,7 +665,11 @@ impl<B: Backend> TensorWeights<B> {
             .flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down])
             .map(Linear::bytes)
             .sum();
-        let embedding = self.embedding.shape().num_elements() * std::mem::size_of::<f32>();
+        let embedding = match &self.embedding {
+            Embedding::Table(t) => t.shape().num_elements() * std::mem::size_of::<f32>(),
+            Embedding::Device(_) if self.tied => 0,
+            Embedding::Device(m) => B::device_matrix_bytes(m),
+        };
         blocks + embedding + self.output.bytes()
     }
 
@@ -668,21 +685,32 @@ impl<B: Backend> TensorWeights<B> {
             Tensor::<B, 1>::from_data(TensorData::new(values, [len]), device)
         };
 
-        let embedding_values = load_tensor(gguf, "token_embd.weight", &[d, c.vocab_size])?;
-        let embedding = Tensor::from_data(
-            TensorData::new(embedding_values.clone(), [c.vocab_size, d]),
-            device,
-        );
+        let v = c.vocab_size;
         // Without its own output head the model ties it to the embeddings.
-        let head = if gguf.tensor_info("output.weight").is_ok() {
-            "output.weight"
-        } else {
-            "token_embd.weight"
+        let tied = gguf.tensor_info("output.weight").is_err();
+        let table = |values: Vec<f32>| {
+            Embedding::Table(Tensor::from_data(TensorData::new(values, [v, d]), device))
         };
-        let output = if B::HAS_DEVICE_MATRICES || head == "output.weight" {
-            Linear::load(gguf, head, d, c.vocab_size, device)?
+        let (embedding, output) = if B::HAS_DEVICE_MATRICES {
+            let embedding = Linear::load(gguf, "token_embd.weight", d, v, device)?;
+            let output = if tied {
+                embedding.clone()
+            } else {
+                Linear::load(gguf, "output.weight", d, v, device)?
+            };
+            let embedding = match embedding {
+                Linear::Device(m) => Embedding::Device(m),
+                Linear::Chunks(_) => table(load_tensor(gguf, "token_embd.weight", &[d, v])?),
+            };
+            (embedding, output)
         } else {
-            Linear::from_gguf_rows(embedding_values, d, c.vocab_size, device)
+            let values = load_tensor(gguf, "token_embd.weight", &[d, v])?;
+            let output = if tied {
+                Linear::from_gguf_rows(values.clone(), d, v, device)
+            } else {
+                Linear::load(gguf, "output.weight", d, v, device)?
+            };
+            (table(values), output)
         };
         let mut blocks = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
@@ -717,6 +745,7 @@ impl<B: Backend> TensorWeights<B> {
         let (rope_cos, rope_sin) = rope_tables::<B>(c, device);
         Ok(TensorWeights {
             embedding,
+            tied,
             blocks,
             output_norm,
             output,
@@ -745,7 +774,14 @@ impl<B: Backend> TensorWeights<B> {
             Tensor::<B, 1, Int>::from_data(TensorData::new(values, [len]), device)
         };
         let positions = int(positions);
-        let mut x = self.embedding.clone().select(0, int(ids));
+        let mut x = match &self.embedding {
+            Embedding::Table(t) => t.clone().select(0, int(ids)),
+            Embedding::Device(m) => {
+                // Token ids were checked against the vocabulary.
+                let ids: Vec<u32> = ids.iter().map(|&i| i as u32).collect();
+                B::device_rows(m, &ids, device)
+            }
+        };
         let cos = self.rope_cos.clone().select(0, positions.clone());
         let sin = self.rope_sin.clone().select(0, positions);
 

@@ -1,7 +1,8 @@
 //! Our CubeCL kernels (`shared_model::cube`) on burn's wgpu backend — a GPU
 //! through Vulkan or Metal, or Mesa's software Vulkan (lavapipe) in CI: each
 //! product equals the dequantised weights times the activations, and a row's
-//! result is bit for bit the same whatever other rows share the pass.
+//! result is bit for bit the same whatever other rows share the pass; rows
+//! looked up (embeddings) are the dequantised weights.
 #![cfg(feature = "webgpu")]
 #![allow(clippy::unwrap_used)]
 
@@ -9,7 +10,7 @@ use burn::tensor::{Tensor, TensorData};
 use half::f16;
 use shared_kernels::{Format, PlanarMatrix};
 use shared_model::backend::{WebGpu, wgpu_device};
-use shared_model::cube::{CubeMatrix, ROWS, matmul};
+use shared_model::cube::{self, CubeMatrix, ROWS, matmul};
 
 /// A small deterministic generator (xorshift64*).
 struct Rng(u64);
@@ -112,6 +113,22 @@ fn cube_products_are_the_dequantised_products_and_do_not_depend_on_the_other_row
                     .collect::<Vec<_>>(),
                 "{format:?}: row {i} alone differs from the same row in a pass of {n}"
             );
+        }
+        // Rows looked up (embeddings): the dequantised values, up to the one
+        // rounding a fused multiply-add saves.
+        let ids = [5u32, 0, 36, 5];
+        let looked_up: Vec<f32> = cube::rows::<_, i32, u32>(&m, &ids, &device)
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        for (i, &id) in ids.iter().enumerate() {
+            for c in 0..cols {
+                let (got, want) = (looked_up[i * cols + c], planar.value(id as usize, c));
+                assert!(
+                    (got - want).abs() <= want.abs() * 1e-6,
+                    "{format:?}: row {id} column {c}: {got} vs {want}"
+                );
+            }
         }
         let shifted = run(3, n);
         assert_eq!(
