@@ -143,7 +143,10 @@ ensure_rust() {
 # A Vulkan driver for the wgpu tests: Mesa's lavapipe runs Vulkan on the CPU, so
 # the GPU kernels (shared-model/src/cube.rs) are tested on machines without a GPU.
 ensure_vulkan() {
-    compgen -G "/usr/share/vulkan/icd.d/lvp_icd*.json" >/dev/null || apt_install mesa-vulkan-drivers
+    if compgen -G "/usr/share/vulkan/icd.d/lvp_icd*.json" >/dev/null && ldconfig -p | grep -q 'libvulkan\.so\.1'; then
+        return
+    fi
+    apt_install mesa-vulkan-drivers libvulkan1
 }
 
 # ------------------------------------------------------------------ browser

@@ -4,7 +4,8 @@
 #   scripts/test.sh
 #
 # In order: setup (scripts/setup.sh), formatting, the Rust tests of the whole
-# workspace (the model tests run the real default model) built with clippy's lints as
+# workspace (the model tests run the real default model, on the CPU and on wgpu —
+# Mesa's software Vulkan where there is no GPU) built with clippy's lints as
 # errors, the OpenAI Python SDK against a real `oracle serve`, clippy on the CUDA
 # and wgpu features, the web app through trunk (clippy again, for wasm32), the wasm tests in
 # headless Chromium (scripts/wasm-test), the setup's own model check, and the

@@ -672,10 +672,19 @@ fn bench<B: Backend>(
 
     let batched_peak = peak_memory_mib();
     let weight_bytes = model.weight_bytes();
-    let bandwidth = memory_bandwidth(match threads {
-        0 => std::thread::available_parallelism().map_or(1, usize::from),
-        n => n,
-    });
+    // The memory the weights are read from: the host's or the device's.
+    let (memory, bandwidth) = if B::HOST_MEMORY {
+        let threads = match threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        ("host", memory_bandwidth(threads))
+    } else {
+        (
+            "device",
+            Some(shared_model::backend::device_read_bandwidth::<B>(device)),
+        )
+    };
     let decode_tps = DECODE_TOKENS as f64 / (decode_ms / 1000.0);
 
     println!("| measurement | value |");
@@ -728,13 +737,13 @@ fn bench<B: Backend>(
     match bandwidth {
         Some(gbs) => {
             let limit = gbs * 1e9 / weight_bytes as f64;
-            println!("| host memory bandwidth (read, measured) | {gbs:.1} GB/s |");
+            println!("| {memory} memory bandwidth (read, measured) | {gbs:.1} GB/s |");
             println!(
                 "| decode limit at that bandwidth | {limit:.1} tokens/s; this run: {:.0}% of it |",
                 decode_tps / limit * 100.0
             );
         }
-        None => println!("| host memory bandwidth | not measured |"),
+        None => println!("| {memory} memory bandwidth | not measured |"),
     }
     Ok(())
 }

@@ -13,8 +13,9 @@
 //!
 //! The scales and offsets are the products ggml's dequantisation forms (for
 //! Q4_0, `offset = −8 · d`; for Q4_K, `scale = d · sc`, `offset = −dmin · m`),
-//! so [`PlanarMatrix::value`] equals [`Format::dequantize`] bit for bit. The
-//! quantised kinds cost 5 (nibbles) or 10 (bytes) bits per weight.
+//! so [`PlanarMatrix::value`] equals [`Format::dequantize`] bit for bit (for
+//! finite scales; `scale · code` is exact in f32 for every format). The
+//! quantised kinds cost 6 (nibbles) or 10 (bytes) bits per weight.
 
 use crate::KernelError;
 use crate::format::{Format, f16_at, k_scale_min, q6_k_value};

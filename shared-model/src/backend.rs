@@ -11,8 +11,9 @@
 //! ([`Backend::KERNELS`]): on a native CPU our own quantised kernels
 //! (`shared-kernels`: weights kept in their GGUF formats, 8-bit activations,
 //! integer dot products); on GPUs burn's tensor ops for everything but the
-//! linear layers, which run our CubeCL kernels (`crate::cube`) on weights kept
-//! quantised on the device, f32 arithmetic ([`Backend::DeviceMatrix`]); on the
+//! linear layers and embedding lookups, which run our CubeCL kernels
+//! (`crate::cube`) on weights kept quantised on the device, f32 arithmetic
+//! ([`Backend::DeviceMatrix`]); on the
 //! browser's CPU burn's tensor ops throughout (weights dequantised to f32 at
 //! load). On WebGPU the device must be initialised asynchronously first
 //! ([`init_webgpu`]).
@@ -50,6 +51,10 @@ pub trait Backend: burn::tensor::backend::Backend {
     /// The engine [`crate::model::Llama::load`] picks on this backend.
     const KERNELS: Kernels;
 
+    /// Whether the backend's tensors live in host memory (the CPU backend),
+    /// rather than in a device's.
+    const HOST_MEMORY: bool;
+
     /// A weight matrix kept on the device in the form this backend's own
     /// kernels multiply (quantised); `Infallible` where there are none and
     /// the tensor engine multiplies f32 copies with burn's matmul.
@@ -75,6 +80,24 @@ pub trait Backend: burn::tensor::backend::Backend {
     fn device_rows(m: &Self::DeviceMatrix, ids: &[u32], device: &Self::Device) -> Tensor<Self, 2>;
 }
 
+/// Read bandwidth of `device`'s memory in GB/s: the best of 5 sums of a
+/// 256 MiB tensor on it (one read of every byte; the sum's readback is a few
+/// bytes). What `oracle bench` sets a GPU's decode limit by.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn device_read_bandwidth<B: Backend>(device: &B::Device) -> f64 {
+    const BYTES: usize = 256 << 20;
+    let values = Tensor::<B, 1>::ones([BYTES / 4], device);
+    // The first sum compiles the kernels.
+    values.clone().sum().into_data();
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        std::hint::black_box(values.clone().sum().into_data());
+        best = best.max(BYTES as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
 /// The CPU backend.
 #[cfg(feature = "cpu")]
 pub type Cpu = burn::backend::Flex;
@@ -90,6 +113,7 @@ impl Backend for Cpu {
     } else {
         Kernels::Host { threads: 0 }
     };
+    const HOST_MEMORY: bool = true;
     type DeviceMatrix = std::convert::Infallible;
     const HAS_DEVICE_MATRICES: bool = false;
 
@@ -121,6 +145,7 @@ where
     BT: burn_cubecl::BoolElement,
 {
     const KERNELS: Kernels = Kernels::Tensors;
+    const HOST_MEMORY: bool = false;
     type DeviceMatrix = crate::cube::CubeMatrix<R>;
     const HAS_DEVICE_MATRICES: bool = true;
 

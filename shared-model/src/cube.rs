@@ -3,8 +3,9 @@
 //!
 //! One `#[cube]` source compiles to CUDA C++ and to WGSL. A weight matrix is
 //! uploaded as a [`PlanarMatrix`] (packed integer codes, an f32 scale and
-//! offset per 32 or 16 values: 5 bits per weight for the 4-bit formats instead
-//! of the 32 of an f32 copy).
+//! offset per 32 or 16 values: 6 bits per weight for the 4-bit formats instead
+//! of the 32 of an f32 copy). The token embeddings are looked up from the same
+//! planes ([`rows`]), so a tied output head and the embeddings are one matrix.
 //!
 //! # Numerics and batch invariance
 //!
@@ -33,7 +34,7 @@ pub const SPLIT: usize = 8;
 /// Rows of the pass one cube takes.
 pub const ROWS: usize = 8;
 /// Values per block: every kernel walks a row 32 values at a time.
-const BLOCK: usize = 32;
+const BLOCK: usize = shared_kernels::planar::PLANAR_BLOCK;
 
 /// A weight matrix resident on a CubeCL device, in planes.
 #[derive(Debug, Clone)]
@@ -103,7 +104,12 @@ impl<R: CubeRuntime> CubeMatrix<R> {
     fn forward(&self, x: CubeTensor<R>) -> CubeTensor<R> {
         let x = burn_cubecl::kernel::into_contiguous(x);
         let n = x.meta.shape()[0];
-        debug_assert_eq!(x.meta.shape()[1], self.cols);
+        // A narrower `x` would be read out of bounds.
+        assert_eq!(
+            x.meta.shape()[1],
+            self.cols,
+            "activations of the wrong width"
+        );
         let out = burn_cubecl::ops::numeric::empty_device_dtype(
             x.client.clone(),
             x.device.clone(),
@@ -141,6 +147,10 @@ impl<R: CubeRuntime> CubeMatrix<R> {
 
 /// Rows `ids` of `m`, dequantised: `[ids.len(), m.cols]` (the embedding
 /// lookup, from the same planes as a tied output head).
+///
+/// # Panics
+/// If an id is not a row of `m`, or more than 65 535 rows are asked for at
+/// once (a grid dimension's limit; the model's passes are far shorter).
 pub fn rows<R: CubeRuntime, I: IntElement, BT: BoolElement>(
     m: &CubeMatrix<R>,
     ids: &[u32],
@@ -148,6 +158,13 @@ pub fn rows<R: CubeRuntime, I: IntElement, BT: BoolElement>(
 ) -> Tensor<CubeBackend<R, f32, I, BT>, 2> {
     let client = R::client(device);
     let n = ids.len();
+    // Checked here: a GPU would read out of bounds.
+    assert!(
+        ids.iter().all(|&id| (id as usize) < m.rows),
+        "row id out of range for a matrix of {} rows",
+        m.rows
+    );
+    assert!(n <= 65_535, "{n} rows looked up at once");
     let out = burn_cubecl::ops::numeric::empty_device_dtype(
         client.clone(),
         device.clone(),
@@ -189,7 +206,8 @@ pub fn rows<R: CubeRuntime, I: IntElement, BT: BoolElement>(
 /// Threads of a cube of the row lookups.
 const ROW_THREADS: usize = 64;
 
-/// `(row of the output, column)` of this unit, `None`-like when past the row.
+/// `(row of the output, column)` of this unit; the column may be past the
+/// row's end (the caller checks).
 #[cube]
 fn row_place() -> (usize, usize) {
     (
@@ -226,8 +244,7 @@ fn byte_rows(
     let (i, c) = row_place();
     if c < cols {
         let j = ids[i] as usize * cols + c;
-        let byte = i32::cast_from((codes[j / 4] >> (8 * (j % 4) as u32)) & 255u32);
-        out[i * cols + c] = scales[j / 16] * f32::cast_from(byte - 256 * (byte / 128));
+        out[i * cols + c] = scales[j / 16] * signed_byte(codes[j / 4], j % 4);
     }
 }
 
@@ -391,13 +408,18 @@ fn byte_dot(x: &Array<f32>, codes: &Array<u32>, word: usize, at: usize) -> f32 {
         let packed = codes[word + w];
         #[unroll]
         for k in 0..4usize {
-            let byte = i32::cast_from((packed >> (8 * k as u32)) & 255u32);
-            // Sign-extend without relying on how a target shifts.
-            let code = f32::cast_from(byte - 256 * (byte / 128));
-            dot += code * x[at + w * 4 + k];
+            dot += signed_byte(packed, k) * x[at + w * 4 + k];
         }
     }
     dot
+}
+
+/// Byte `k` (0..4) of `word` as a signed 8-bit code, in f32.
+#[cube]
+fn signed_byte(word: u32, k: usize) -> f32 {
+    let byte = i32::cast_from((word >> (8 * k as u32)) & 255u32);
+    // Sign-extend without relying on how a target shifts.
+    f32::cast_from(byte - 256 * (byte / 128))
 }
 
 /// f32 weights (from F32 or F16 files).

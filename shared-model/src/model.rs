@@ -499,11 +499,26 @@ impl<B: Backend> Llama<B> {
                 h.threads(),
                 h.weight_bytes() as f64 / (1 << 20) as f64
             ),
-            Engine::Tensors(t) if t.output.on_device_kernels() => format!(
-                "tensor ops, linear layers on our GPU kernels ({:.1} MiB of quantised weights)",
-                t.weight_bytes() as f64 / (1 << 20) as f64
-            ),
-            Engine::Tensors(_) => "tensor ops (f32 weights)".into(),
+            Engine::Tensors(t) => {
+                let mib = t.weight_bytes() as f64 / (1 << 20) as f64;
+                let linears = t.linears();
+                let on_device = linears.iter().filter(|l| l.on_device_kernels()).count();
+                if on_device == 0 {
+                    format!("tensor ops (f32 weights, {mib:.1} MiB)")
+                } else if on_device == linears.len() {
+                    format!(
+                        "tensor ops, linear layers on our GPU kernels ({mib:.1} MiB of weights)"
+                    )
+                } else {
+                    // Rows that are not whole blocks of 32: burn's matmul,
+                    // whose reduction order may depend on the batch.
+                    format!(
+                        "tensor ops, {on_device} of {} linear layers on our GPU kernels, the rest \
+                         on burn's matmul ({mib:.1} MiB of weights)",
+                        linears.len()
+                    )
+                }
+            }
         }
     }
 
@@ -656,24 +671,29 @@ impl<B: Backend> Llama<B> {
 }
 
 impl<B: Backend> TensorWeights<B> {
+    /// Every linear layer, the output head last.
+    fn linears(&self) -> Vec<&Linear<B>> {
+        self.blocks
+            .iter()
+            .flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down])
+            .chain([&self.output])
+            .collect()
+    }
+
     /// Bytes of the weight matrices on the device (a tied embedding and
     /// head counted once when they share one matrix).
     fn weight_bytes(&self) -> usize {
-        let blocks: usize = self
-            .blocks
-            .iter()
-            .flat_map(|b| [&b.wq, &b.wk, &b.wv, &b.wo, &b.w_gate, &b.w_up, &b.w_down])
-            .map(Linear::bytes)
-            .sum();
+        let linears: usize = self.linears().into_iter().map(Linear::bytes).sum();
         let embedding = match &self.embedding {
             Embedding::Table(t) => t.shape().num_elements() * std::mem::size_of::<f32>(),
             Embedding::Device(_) if self.tied => 0,
             Embedding::Device(m) => B::device_matrix_bytes(m),
         };
-        blocks + embedding + self.output.bytes()
+        linears + embedding
     }
 
-    /// Dequantises the weights of `c`'s blocks to f32 on `device`.
+    /// Loads the weights of `c`'s blocks onto `device`: in the backend's own
+    /// form where it has one, else dequantised to f32.
     fn load<S: GgufSource>(
         gguf: &mut Gguf<S>,
         c: &LlamaConfig,
