@@ -80,20 +80,28 @@ pub trait Backend: burn::tensor::backend::Backend {
     fn device_rows(m: &Self::DeviceMatrix, ids: &[u32], device: &Self::Device) -> Tensor<Self, 2>;
 }
 
-/// Read bandwidth of `device`'s memory in GB/s: the best of 5 sums of a
-/// 256 MiB tensor on it (one read of every byte; the sum's readback is a few
-/// bytes). What `oracle bench` sets a GPU's decode limit by.
+/// Read bandwidth of `device`'s memory in GB/s: the best of 5 rounds of
+/// summing four 64 MiB tensors on it (256 MiB read, past any GPU's cache; one
+/// tensor stays within every adapter's binding limit, 128 MiB on some). What
+/// `oracle bench` sets a GPU's decode limit by.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn device_read_bandwidth<B: Backend>(device: &B::Device) -> f64 {
-    const BYTES: usize = 256 << 20;
-    let values = Tensor::<B, 1>::ones([BYTES / 4], device);
-    // The first sum compiles the kernels.
-    values.clone().sum().into_data();
+    const PART: usize = 64 << 20;
+    const PARTS: usize = 4;
+    let parts: Vec<Tensor<B, 1>> = (0..PARTS)
+        .map(|i| Tensor::<B, 1>::full([PART / 4], i as f32, device))
+        .collect();
+    // The first sums compile the kernels.
+    for p in &parts {
+        p.clone().sum().into_data();
+    }
     let mut best = 0f64;
     for _ in 0..5 {
         let t = std::time::Instant::now();
-        std::hint::black_box(values.clone().sum().into_data());
-        best = best.max(BYTES as f64 / t.elapsed().as_secs_f64() / 1e9);
+        for p in &parts {
+            std::hint::black_box(p.clone().sum().into_data());
+        }
+        best = best.max((PART * PARTS) as f64 / t.elapsed().as_secs_f64() / 1e9);
     }
     best
 }

@@ -265,9 +265,10 @@ mod webgpu {
         let model = Llama::load_with(&mut gguf, &device, Some(4), Kernels::Tensors).unwrap();
         let engine = model.engine_description();
         assert!(
-        engine.contains("linear layers on our GPU kernels") && !engine.contains("burn's matmul"),
-        "{engine}"
-    );
+            engine.contains("linear layers on our GPU kernels")
+                && !engine.contains("burn's matmul"),
+            "{engine}"
+        );
         let text = "fn main() {\n    let xs: Vec<u32> = (0..10).map(|x| x * x).collect();";
         (model, tokenizer.encode(text, EncodeOptions::TEXT))
     }
