@@ -248,21 +248,34 @@ fn a_bad_item_fails_the_batch_without_touching_any_cache() {
     assert!(b.allocated_bytes() >= 4 * model.kv_bytes_per_position());
 }
 
-/// The same checks on burn's wgpu backend with our CubeCL kernels (natively:
-/// a GPU through Vulkan or Metal, or Mesa's software Vulkan, lavapipe, in CI).
-/// The first 4 blocks of the model: software Vulkan is slow, and every block
-/// runs the same kernels.
-#[cfg(feature = "webgpu")]
-mod webgpu {
+/// The same checks on our GPU kernels: burn's wgpu backend (natively a GPU
+/// through Vulkan or Metal, or Mesa's software Vulkan, lavapipe, in CI) and
+/// CUDA (built with `--features cuda`, on a machine with a GPU). The first 4
+/// blocks of the model: software Vulkan is slow, and every block runs the same
+/// kernels.
+#[cfg(any(feature = "webgpu", feature = "cuda"))]
+mod gpu {
     use super::*;
-    use shared_model::backend::{Kernels, WebGpu, wgpu_device};
+    use shared_model::backend::Kernels;
 
-    fn setup() -> (Llama<WebGpu>, Vec<u32>) {
-        let (device, info) = wgpu_device();
+    #[cfg(feature = "webgpu")]
+    #[test]
+    fn wgpu_logits_do_not_depend_on_how_many_positions_share_a_pass_or_the_other_sequences() {
+        let (device, info) = shared_model::backend::wgpu_device();
         eprintln!("wgpu adapter: {info:?}");
+        check::<shared_model::backend::WebGpu>(&device);
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_logits_do_not_depend_on_how_many_positions_share_a_pass_or_the_other_sequences() {
+        check::<shared_model::backend::Cuda>(&shared_model::backend::cuda_device(0));
+    }
+
+    fn check<B: Backend>(device: &B::Device) {
         let mut gguf = Gguf::open(common::default_model()).unwrap();
         let tokenizer = Tokenizer::from_metadata(&gguf.metadata).unwrap();
-        let model = Llama::load_with(&mut gguf, &device, Some(4), Kernels::Tensors).unwrap();
+        let model = Llama::<B>::load_with(&mut gguf, device, Some(4), Kernels::Tensors).unwrap();
         let engine = model.engine_description();
         assert!(
             engine.contains("linear layers on our GPU kernels")
@@ -270,12 +283,7 @@ mod webgpu {
             "{engine}"
         );
         let text = "fn main() {\n    let xs: Vec<u32> = (0..10).map(|x| x * x).collect();";
-        (model, tokenizer.encode(text, EncodeOptions::TEXT))
-    }
-
-    #[test]
-    fn wgpu_logits_do_not_depend_on_how_many_positions_share_a_pass_or_the_other_sequences() {
-        let (model, tokens) = setup();
+        let tokens = tokenizer.encode(text, EncodeOptions::TEXT);
         assert!(tokens.len() >= 12, "{}", tokens.len());
         let tokens = &tokens[..12];
         let one_at_a_time = bits(&logits_in_passes(&model, tokens, &[1]));

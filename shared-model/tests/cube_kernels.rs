@@ -1,16 +1,18 @@
-//! Our CubeCL kernels (`shared_model::cube`) on burn's wgpu backend — a GPU
-//! through Vulkan or Metal, or Mesa's software Vulkan (lavapipe) in CI: each
-//! product equals the dequantised weights times the activations, and a row's
-//! result is bit for bit the same whatever other rows share the pass; rows
-//! looked up (embeddings) are the dequantised weights.
-#![cfg(feature = "webgpu")]
+//! Our CubeCL kernels (`shared_model::cube`) through the `Backend` trait, on
+//! burn's wgpu backend — a GPU through Vulkan or Metal, or Mesa's software
+//! Vulkan (lavapipe) in CI — and on CUDA where built with `--features cuda`
+//! and a GPU is present: each product equals the dequantised weights times
+//! the activations, and a row's result is bit for bit the same whatever other
+//! rows share the pass; rows looked up (embeddings) are the dequantised
+//! weights.
+#![cfg(any(feature = "webgpu", feature = "cuda"))]
 #![allow(clippy::unwrap_used)]
 
 use burn::tensor::{Tensor, TensorData};
 use half::f16;
 use shared_kernels::{Format, PlanarMatrix};
-use shared_model::backend::{WebGpu, wgpu_device};
-use shared_model::cube::{self, CubeMatrix, ROWS, matmul};
+use shared_model::backend::Backend;
+use shared_model::cube::ROWS;
 
 /// A small deterministic generator (xorshift64*).
 struct Rng(u64);
@@ -51,10 +53,21 @@ fn random_blocks(format: Format, rows: usize, cols: usize, rng: &mut Rng) -> Vec
     out
 }
 
+#[cfg(feature = "webgpu")]
 #[test]
-fn cube_products_are_the_dequantised_products_and_do_not_depend_on_the_other_rows() {
-    let (device, info) = wgpu_device();
+fn wgpu_products_are_the_dequantised_products_and_do_not_depend_on_the_other_rows() {
+    let (device, info) = shared_model::backend::wgpu_device();
     println!("wgpu adapter: {} ({})", info.adapter, info.api);
+    check_kernels::<shared_model::backend::WebGpu>(&device);
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_products_are_the_dequantised_products_and_do_not_depend_on_the_other_rows() {
+    check_kernels::<shared_model::backend::Cuda>(&shared_model::backend::cuda_device(0));
+}
+
+fn check_kernels<B: Backend>(device: &B::Device) {
     let mut rng = Rng(7);
     // 2 × ROWS + 3 rows: a cube's worth, a partial one, and rows in every slot.
     let n = 2 * ROWS + 3;
@@ -76,14 +89,14 @@ fn cube_products_are_the_dequantised_products_and_do_not_depend_on_the_other_row
             &random_blocks(format, rows, cols, &mut rng),
         )
         .unwrap();
-        let m = CubeMatrix::upload(&planar, &device);
+        let m = B::upload_matrix(&planar, device).unwrap();
         let x: Vec<f32> = (0..n * cols).map(|_| rng.unit() * 4.0).collect();
         let run = |from: usize, to: usize| -> Vec<f32> {
-            let t = Tensor::<WebGpu, 2>::from_data(
+            let t = Tensor::<B, 2>::from_data(
                 TensorData::new(x[from * cols..to * cols].to_vec(), [to - from, cols]),
-                &device,
+                device,
             );
-            matmul(t, &m).into_data().to_vec::<f32>().unwrap()
+            B::device_matmul(t, &m).into_data().to_vec::<f32>().unwrap()
         };
         let all = run(0, n);
         // Against the dequantised weights, summed in f64: f32 sums of `cols`
@@ -117,7 +130,7 @@ fn cube_products_are_the_dequantised_products_and_do_not_depend_on_the_other_row
         // Rows looked up (embeddings): the dequantised values, bit for bit
         // (`scale · code` is exact, so a fused multiply-add rounds the same).
         let ids = [5u32, 0, 36, 5];
-        let looked_up: Vec<f32> = cube::rows::<_, i32, u32>(&m, &ids, &device)
+        let looked_up: Vec<f32> = B::device_rows(&m, &ids, device)
             .into_data()
             .to_vec::<f32>()
             .unwrap();

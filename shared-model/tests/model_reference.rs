@@ -230,20 +230,29 @@ fn host_engine_greedy_decoding_follows_the_references() {
 #[cfg(feature = "webgpu")]
 #[test]
 fn wgpu_logits_match_the_f32_reference() {
-    use shared_model::backend::{WebGpu, wgpu_device};
-    let (device, info) = wgpu_device();
+    let (device, info) = shared_model::backend::wgpu_device();
+    gpu_logits_match_the_f32_reference::<shared_model::backend::WebGpu>(&device, &info.adapter);
+}
+
+/// The same on CUDA (built with `--features cuda`, on a machine with a GPU).
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_logits_match_the_f32_reference() {
+    let device = shared_model::backend::cuda_device(0);
+    gpu_logits_match_the_f32_reference::<shared_model::backend::Cuda>(&device, "CUDA 0");
+}
+
+#[cfg(any(feature = "webgpu", feature = "cuda"))]
+fn gpu_logits_match_the_f32_reference<B: Backend>(device: &B::Device, adapter: &str) {
     let mut gguf = Gguf::open(common::default_model()).unwrap();
-    let model = Llama::<WebGpu>::load_with(&mut gguf, &device, None, Kernels::Tensors).unwrap();
+    let model = Llama::<B>::load_with(&mut gguf, device, None, Kernels::Tensors).unwrap();
     let engine = model.engine_description();
     assert!(
         engine.contains("linear layers on our GPU kernels") && !engine.contains("burn's matmul"),
         "{engine}"
     );
     let (worst, top1_differs) = logit_error(&model, 0.0);
-    println!(
-        "wgpu on {}: {engine}: largest logit difference from the f32 reference: {worst}",
-        info.adapter
-    );
+    println!("{adapter}: {engine}: largest logit difference from the f32 reference: {worst}");
     assert!(
         worst < 1e-4,
         "logits differ from the reference by up to {worst}"
