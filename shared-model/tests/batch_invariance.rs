@@ -52,15 +52,22 @@ fn logits_in_passes<B: Backend>(
 fn logits_do_not_depend_on_how_many_positions_share_a_pass() {
     let (model, tokens) = setup();
     assert!(tokens.len() > 40, "{}", tokens.len());
-    let one_at_a_time = bits(&logits_in_passes(&model, &tokens, &[1]));
-    for sizes in [
+    let sizes = [
         vec![tokens.len()],
         vec![2],
         vec![4],
         vec![8],
         vec![3, 1, 5, 2, 7],
-    ] {
-        let batched = bits(&logits_in_passes(&model, &tokens, &sizes));
+    ];
+    assert_passes_agree(&model, &tokens, &sizes);
+}
+
+/// Asserts that feeding `tokens` in passes of each of `sizes` gives every
+/// position the logits it gets one token at a time, bit for bit.
+fn assert_passes_agree<B: Backend>(model: &Llama<B>, tokens: &[u32], sizes: &[Vec<usize>]) {
+    let one_at_a_time = bits(&logits_in_passes(model, tokens, &[1]));
+    for sizes in sizes {
+        let batched = bits(&logits_in_passes(model, tokens, sizes));
         let differing: Vec<usize> = (0..tokens.len())
             .filter(|&i| batched[i] != one_at_a_time[i])
             .collect();
@@ -286,17 +293,11 @@ mod gpu {
         let tokens = tokenizer.encode(text, EncodeOptions::TEXT);
         assert!(tokens.len() >= 12, "{}", tokens.len());
         let tokens = &tokens[..12];
-        let one_at_a_time = bits(&logits_in_passes(&model, tokens, &[1]));
-        for sizes in [vec![tokens.len()], vec![5], vec![3, 1, 6, 2]] {
-            let batched = bits(&logits_in_passes(&model, tokens, &sizes));
-            let differing: Vec<usize> = (0..tokens.len())
-                .filter(|&i| batched[i] != one_at_a_time[i])
-                .collect();
-            assert!(
-                differing.is_empty(),
-                "passes of {sizes:?}: positions {differing:?} differ"
-            );
-        }
+        assert_passes_agree(
+            &model,
+            tokens,
+            &[vec![tokens.len()], vec![5], vec![3, 1, 6, 2]],
+        );
         // Two sequences side by side, a prefill-like chunk beside decoding.
         let seqs: Vec<&[u32]> = vec![&tokens[..8], &tokens[3..8]];
         let batched = logits_batched(&model, &seqs, &[5, 1]);
