@@ -224,9 +224,12 @@ pub fn attention(
     });
 }
 
-/// [`attend`] compiled for AVX2: the same operations in the same order on
-/// wider registers, so the same result bit for bit (no fused multiply-adds:
-/// Rust never contracts `a * b + c`).
+/// [`attend`] on AVX2 registers: the same operations in the same order (a
+/// score's eight lanes summed over the head's chunks, then [`hsum`]'s order;
+/// each output lane summed over positions in order; no fused multiply-adds),
+/// so the same result bit for bit, with the query and the output held in
+/// registers. Heads whose size is not a multiple of 8 up to 256 take
+/// [`attend`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn attend_avx2(
@@ -238,7 +241,106 @@ fn attend_avx2(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    attend(q, keys, values, context, scale, scores, out);
+    use simd::attend_chunks;
+    match q.len() {
+        32 => attend_chunks::<4>(q, keys, values, context, scale, scores, out),
+        64 => attend_chunks::<8>(q, keys, values, context, scale, scores, out),
+        96 => attend_chunks::<12>(q, keys, values, context, scale, scores, out),
+        128 => attend_chunks::<16>(q, keys, values, context, scale, scores, out),
+        256 => attend_chunks::<32>(q, keys, values, context, scale, scores, out),
+        _ => attend(q, keys, values, context, scale, scores, out),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod simd {
+    use std::arch::x86_64::*;
+
+    /// Eight f32 at `v[at..at + 8]`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn load8(v: &[f32], at: usize) -> __m256 {
+        let lanes = &v[at..at + 8];
+        // SAFETY: `lanes` is 8 readable f32; the load is unaligned.
+        unsafe { _mm256_loadu_ps(lanes.as_ptr()) }
+    }
+
+    /// [`super::hsum`] of eight lanes, in its order.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<1>(t, t)))
+    }
+
+    /// One score: `dot(q, key) · scale`, [`super::dot`]'s arithmetic.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn score<const CHUNKS: usize>(q: &[__m256; CHUNKS], key: &[f32], scale: f32) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        for (c, &qc) in q.iter().enumerate() {
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(qc, load8(key, 8 * c)));
+        }
+        hsum(acc) * scale
+    }
+
+    /// [`super::attend`] for heads of `8 · CHUNKS` values.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn attend_chunks<const CHUNKS: usize>(
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        context: usize,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let hd = 8 * CHUNKS;
+        let qv: [__m256; CHUNKS] = std::array::from_fn(|c| load8(q, 8 * c));
+        let scores = &mut scores[..context];
+        let keys = &keys[..context * hd];
+        // Four positions at a time: four independent sums in flight.
+        let quads = context / 4 * 4;
+        for (quad, s) in scores[..quads].chunks_exact_mut(4).enumerate() {
+            let k = &keys[4 * quad * hd..(4 * quad + 4) * hd];
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (c, &qc) in qv.iter().enumerate() {
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_add_ps(*a, _mm256_mul_ps(qc, load8(k, i * hd + 8 * c)));
+                }
+            }
+            for (o, a) in s.iter_mut().zip(acc) {
+                *o = hsum(a) * scale;
+            }
+        }
+        for (p, o) in scores.iter_mut().enumerate().skip(quads) {
+            *o = score(&qv, &keys[p * hd..(p + 1) * hd], scale);
+        }
+        let mut max = f32::NEG_INFINITY;
+        for &s in scores.iter() {
+            max = max.max(s);
+        }
+        let mut total = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            total += *s;
+        }
+        let inverse = 1.0 / total;
+        let mut sum = [_mm256_setzero_ps(); CHUNKS];
+        for (&s, v) in scores.iter().zip(values[..context * hd].chunks_exact(hd)) {
+            let weight = _mm256_set1_ps(s * inverse);
+            for (c, acc) in sum.iter_mut().enumerate() {
+                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(weight, load8(v, 8 * c)));
+            }
+        }
+        for (c, acc) in sum.iter().enumerate() {
+            let lanes = &mut out[8 * c..8 * c + 8];
+            // SAFETY: `lanes` is 8 writable f32; the store is unaligned.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *acc) };
+        }
+    }
 }
 
 thread_local! {
