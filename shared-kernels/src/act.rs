@@ -5,8 +5,10 @@
 //! batch. Buffers are kept and reused: quantising a pass allocates nothing once
 //! the buffers have grown to the largest pass seen.
 
+use crate::disjoint::Disjoint;
 use crate::dot::Isa;
 use crate::format::{ActKind, GROUP, block_of_lane};
+use crate::pool::Pool;
 
 /// 32 activations: `value ≈ d · q`, with `s = d · Σq` (the Q4_1 kernel needs it).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -37,21 +39,34 @@ pub struct Q8Group {
     pub q: [[i8; 64]; 4],
 }
 
+impl Q8Block {
+    const ZERO: Q8Block = Q8Block {
+        d: 0.0,
+        s: 0.0,
+        q: [0; 32],
+    };
+}
+
+impl Q8KBlock {
+    const ZERO: Q8KBlock = Q8KBlock {
+        d: 0.0,
+        q: [0; 256],
+        sums: [0; 16],
+    };
+}
+
 impl Q8Group {
+    const ZERO: Q8Group = Q8Group {
+        d: [0.0; 8],
+        s: [0.0; 8],
+        sum: [0; 8],
+        q: [[0; 64]; 4],
+    };
+
     /// Up to [`GROUP`] blocks as a group; missing blocks are zeros.
     fn of(blocks: &[Q8Block]) -> Q8Group {
-        let zero = Q8Block {
-            d: 0.0,
-            s: 0.0,
-            q: [0; 32],
-        };
-        let block = |j: usize| blocks.get(j).unwrap_or(&zero);
-        let mut group = Q8Group {
-            d: [0.0; 8],
-            s: [0.0; 8],
-            sum: [0; 8],
-            q: [[0; 64]; 4],
-        };
+        let block = |j: usize| blocks.get(j).unwrap_or(&Q8Block::ZERO);
+        let mut group = Q8Group::ZERO;
         for lane in 0..GROUP {
             let b = block(block_of_lane(lane));
             group.d[lane] = b.d;
@@ -122,8 +137,6 @@ pub struct Activations {
     cols: usize,
     f32s: Vec<f32>,
     q8_groups: Vec<Q8Group>,
-    /// Blocks of one row before they are grouped.
-    row_blocks: Vec<Q8Block>,
     q8k: Vec<Q8KBlock>,
     kind: Option<ActKind>,
 }
@@ -148,34 +161,103 @@ impl Activations {
     /// same on every one; tests compare them).
     pub fn quantize_on(&mut self, isa: Isa, kind: ActKind, x: &[f32], rows: usize, cols: usize) {
         assert_eq!(x.len(), rows * cols, "activations of the wrong size");
+        self.reshape(kind, rows, cols);
+        match kind {
+            ActKind::F32 => self.f32s.copy_from_slice(x),
+            ActKind::Q8 => {
+                let groups = cols.div_ceil(32 * GROUP);
+                for (row, out) in x
+                    .chunks_exact(cols)
+                    .zip(self.q8_groups.chunks_exact_mut(groups))
+                {
+                    quantize_row_q8(isa, row, out);
+                }
+            }
+            ActKind::Q8K => {
+                for (block, out) in x.chunks_exact(256).zip(&mut self.q8k) {
+                    *out = quantize_q8k(block);
+                }
+            }
+        }
+    }
+
+    /// Like [`Self::quantize`], of rows made on the spot and spread over
+    /// `pool`: `fill(r, row)` writes row `r`'s `cols` values (a norm of the
+    /// residual, an activation function, a copy), then the row is quantised
+    /// on the thread that filled it. Each row is quantised on its own, so the
+    /// result equals [`Self::quantize`] of the filled rows.
+    ///
+    /// # Panics
+    /// If `cols` does not split into `kind`'s blocks.
+    #[allow(unsafe_code)]
+    pub fn quantize_rows(
+        &mut self,
+        pool: &Pool,
+        isa: Isa,
+        kind: ActKind,
+        rows: usize,
+        cols: usize,
+        fill: impl Fn(usize, &mut [f32]) + Sync,
+    ) {
+        self.reshape(kind, rows, cols);
+        match kind {
+            ActKind::F32 => {
+                let out = Disjoint::new(&mut self.f32s);
+                pool.run(rows, |r| {
+                    // SAFETY: task `r` alone writes row `r`.
+                    fill(r, unsafe { out.range(r * cols, cols) });
+                });
+            }
+            ActKind::Q8 => {
+                let groups = cols.div_ceil(32 * GROUP);
+                let out = Disjoint::new(&mut self.q8_groups);
+                pool.run(rows, |r| {
+                    with_row(cols, |row| {
+                        fill(r, row);
+                        // SAFETY: task `r` alone writes row `r`'s groups.
+                        quantize_row_q8(isa, row, unsafe { out.range(r * groups, groups) });
+                    });
+                });
+            }
+            ActKind::Q8K => {
+                let blocks = cols / 256;
+                let out = Disjoint::new(&mut self.q8k);
+                pool.run(rows, |r| {
+                    with_row(cols, |row| {
+                        fill(r, row);
+                        // SAFETY: task `r` alone writes row `r`'s blocks.
+                        let out = unsafe { out.range(r * blocks, blocks) };
+                        for (block, o) in row.chunks_exact(256).zip(out) {
+                            *o = quantize_q8k(block);
+                        }
+                    });
+                });
+            }
+        }
+    }
+
+    /// Sizes the buffer of `kind` for `rows × cols` (contents unspecified:
+    /// every element is written before it is read).
+    fn reshape(&mut self, kind: ActKind, rows: usize, cols: usize) {
         self.rows = rows;
         self.cols = cols;
         self.kind = Some(kind);
         match kind {
-            ActKind::F32 => {
-                self.f32s.clear();
-                self.f32s.extend_from_slice(x);
-            }
+            ActKind::F32 => self.f32s.resize(rows * cols, 0.0),
             ActKind::Q8 => {
                 assert!(
                     cols.is_multiple_of(32),
                     "a row of {cols} is not whole Q8 blocks"
                 );
-                self.q8_groups.clear();
-                for row in x.chunks_exact(cols) {
-                    self.row_blocks.clear();
-                    quantize_row_q8(isa, row, &mut self.row_blocks);
-                    let groups = self.row_blocks.chunks(GROUP).map(Q8Group::of);
-                    self.q8_groups.extend(groups);
-                }
+                self.q8_groups
+                    .resize(rows * cols.div_ceil(32 * GROUP), Q8Group::ZERO);
             }
             ActKind::Q8K => {
                 assert!(
                     cols.is_multiple_of(256),
                     "a row of {cols} is not whole Q8K blocks"
                 );
-                self.q8k.clear();
-                self.q8k.extend(x.chunks_exact(256).map(quantize_q8k));
+                self.q8k.resize(rows * cols / 256, Q8KBlock::ZERO);
             }
         }
     }
@@ -234,9 +316,9 @@ fn quantize_value(v: f32, inverse: f32) -> i8 {
     (v * inverse).round_ties_even().clamp(-127.0, 127.0) as i8
 }
 
-/// A row's Q8 blocks, appended to `out`.
+/// A row's Q8 blocks, grouped, into `out` (one group per 256 values).
 #[allow(unsafe_code)]
-fn quantize_row_q8(isa: Isa, row: &[f32], out: &mut Vec<Q8Block>) {
+fn quantize_row_q8(isa: Isa, row: &[f32], out: &mut [Q8Group]) {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx2 && isa.available() {
         // SAFETY: the CPU has AVX2 (checked just above).
@@ -244,18 +326,40 @@ fn quantize_row_q8(isa: Isa, row: &[f32], out: &mut Vec<Q8Block>) {
         return;
     }
     let _ = isa;
-    out.extend(row.chunks_exact(32).map(quantize_q8));
+    quantize_row_q8_portable(row, out);
+}
+
+#[inline(always)]
+fn quantize_row_q8_portable(row: &[f32], out: &mut [Q8Group]) {
+    let mut blocks = [Q8Block::ZERO; GROUP];
+    for (values, group) in row.chunks(32 * GROUP).zip(out) {
+        let n = values.len() / 32;
+        for (block, x) in blocks.iter_mut().zip(values.chunks_exact(32)) {
+            *block = quantize_q8(x);
+        }
+        *group = Q8Group::of(&blocks[..n]);
+    }
 }
 
 /// [`quantize_row_q8`] compiled for AVX2 (rounding and the rest are the same
 /// IEEE operations, so the same result).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn quantize_row_q8_avx2(row: &[f32], out: &mut Vec<Q8Block>) {
-    // A loop, not a closure: closures do not inherit the target features.
-    for block in row.chunks_exact(32) {
-        out.push(quantize_q8(block));
-    }
+fn quantize_row_q8_avx2(row: &[f32], out: &mut [Q8Group]) {
+    quantize_row_q8_portable(row, out);
+}
+
+thread_local! {
+    /// The f32 row a [`Activations::quantize_rows`] task fills.
+    static ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's row buffer, `cols` long.
+fn with_row(cols: usize, f: impl FnOnce(&mut [f32])) {
+    ROW.with_borrow_mut(|row| {
+        row.resize(cols, 0.0);
+        f(row);
+    });
 }
 
 #[inline(always)]
@@ -291,6 +395,36 @@ fn quantize_q8k(x: &[f32]) -> Q8KBlock {
 mod tests {
     use super::*;
     use crate::format::lane_of;
+
+    #[test]
+    fn rows_made_and_quantised_on_threads_equal_quantising_them_whole() {
+        let pool = Pool::new(2).unwrap();
+        for (kind, cols) in [(ActKind::Q8, 608), (ActKind::Q8K, 512), (ActKind::F32, 40)] {
+            let rows = 5;
+            let x: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 7919) % 1013) as f32 / 97.0 - 5.0)
+                .collect();
+            let mut whole = Activations::new();
+            whole.quantize(kind, &x, rows, cols);
+            let mut made = Activations::new();
+            // A different shape first: the buffers are reused.
+            made.quantize(kind, &x[..cols], 1, cols);
+            made.quantize_rows(&pool, Isa::detect(), kind, rows, cols, |r, row| {
+                row.copy_from_slice(&x[r * cols..(r + 1) * cols]);
+            });
+            assert_eq!(
+                (made.rows(), made.cols(), made.kind()),
+                (rows, cols, Some(kind))
+            );
+            for r in 0..rows {
+                match kind {
+                    ActKind::Q8 => assert_eq!(made.q8_row(r).blocks(), whole.q8_row(r).blocks()),
+                    ActKind::Q8K => assert_eq!(made.q8k_row(r), whole.q8k_row(r)),
+                    ActKind::F32 => assert_eq!(made.f32_row(r), whole.f32_row(r)),
+                }
+            }
+        }
+    }
 
     #[test]
     fn q8_round_trips_within_half_a_step() {

@@ -4,14 +4,14 @@ use std::marker::PhantomData;
 
 /// An output slice that several threads write at once, each at indices no
 /// other thread writes (their own columns, heads or rows).
-pub(crate) struct Disjoint<'a> {
-    ptr: *mut f32,
+pub(crate) struct Disjoint<'a, T = f32> {
+    ptr: *mut T,
     len: usize,
-    _borrow: PhantomData<&'a mut [f32]>,
+    _borrow: PhantomData<&'a mut [T]>,
 }
 
-impl<'a> Disjoint<'a> {
-    pub(crate) fn new(out: &'a mut [f32]) -> Self {
+impl<'a, T> Disjoint<'a, T> {
+    pub(crate) fn new(out: &'a mut [T]) -> Self {
         Disjoint {
             ptr: out.as_mut_ptr(),
             len: out.len(),
@@ -25,7 +25,7 @@ impl<'a> Disjoint<'a> {
     /// No other thread may write or read element `i` while the slice is
     /// shared: each task writes only indices that belong to it alone.
     #[allow(unsafe_code)]
-    pub(crate) unsafe fn set(&self, i: usize, value: f32) {
+    pub(crate) unsafe fn set(&self, i: usize, value: T) {
         assert!(i < self.len, "output index {i} of {}", self.len);
         // SAFETY: `i` is in bounds (checked above) of a slice borrowed
         // mutably for `'a`, and the caller owns it (see above).
@@ -38,7 +38,7 @@ impl<'a> Disjoint<'a> {
     /// The range must belong to the calling task alone: no other call may
     /// ask for an overlapping range, or touch it, while the slice is shared.
     #[allow(unsafe_code, clippy::mut_from_ref)]
-    pub(crate) unsafe fn range(&self, start: usize, len: usize) -> &mut [f32] {
+    pub(crate) unsafe fn range(&self, start: usize, len: usize) -> &mut [T] {
         assert!(
             start.checked_add(len).is_some_and(|end| end <= self.len),
             "output range {start}+{len} of {}",
@@ -52,8 +52,8 @@ impl<'a> Disjoint<'a> {
 
 // SAFETY: sharing the pointer is sound because every write goes through
 // `set` or `range`, whose callers promise that no two threads touch the same
-// element.
+// element; the elements themselves move between threads (`T: Send`).
 #[allow(unsafe_code)]
-unsafe impl Sync for Disjoint<'_> {}
+unsafe impl<T: Send> Sync for Disjoint<'_, T> {}
 #[allow(unsafe_code)]
-unsafe impl Send for Disjoint<'_> {}
+unsafe impl<T: Send> Send for Disjoint<'_, T> {}

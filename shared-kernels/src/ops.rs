@@ -45,10 +45,10 @@ pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// `gate · sigmoid(gate) · up`, into `gate`.
-pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
+/// `gate · sigmoid(gate) · up`, into `out`.
+pub fn silu_mul_into(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + (-g).exp()) * u;
     }
 }
 

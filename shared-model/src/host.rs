@@ -60,13 +60,11 @@ pub(crate) struct HostModel {
 #[derive(Debug, Default)]
 struct Scratch {
     x: Vec<f32>,
-    h: Vec<f32>,
     qkv: Vec<f32>,
     q: Vec<f32>,
     attended: Vec<f32>,
     projected: Vec<f32>,
     gate_up: Vec<f32>,
-    ffn: Vec<f32>,
     part: Vec<f32>,
     act: Activations,
 }
@@ -314,8 +312,11 @@ impl HostModel {
         }
 
         for (layer, block) in self.blocks.iter().enumerate() {
-            norm_rows(&s.x, &block.attn_norm, c.rms_eps, d, &mut s.h);
-            self.project(&block.qkv, &s.h, total, &mut s.qkv, &mut s.part, &mut s.act)?;
+            let x = &s.x;
+            let norm = |r: usize, row: &mut [f32]| {
+                ops::rms_norm(&x[r * d..(r + 1) * d], &block.attn_norm, c.rms_eps, row);
+            };
+            self.project(&block.qkv, total, norm, &mut s.qkv, &mut s.part, &mut s.act)?;
             let width = d + 2 * kv;
             resize(&mut s.q, total * d);
             for (r, row) in s.qkv.chunks_exact_mut(width).enumerate() {
@@ -371,39 +372,43 @@ impl HostModel {
                 &contexts,
                 &mut s.attended,
             );
+            let attended = &s.attended;
+            let copy = |r: usize, row: &mut [f32]| {
+                row.copy_from_slice(&attended[r * d..(r + 1) * d]);
+            };
             self.project(
                 &block.wo,
-                &s.attended,
                 total,
+                copy,
                 &mut s.projected,
                 &mut s.part,
                 &mut s.act,
             )?;
             ops::add(&mut s.x, &s.projected);
 
-            norm_rows(&s.x, &block.ffn_norm, c.rms_eps, d, &mut s.h);
+            let x = &s.x;
+            let norm = |r: usize, row: &mut [f32]| {
+                ops::rms_norm(&x[r * d..(r + 1) * d], &block.ffn_norm, c.rms_eps, row);
+            };
+            let gate_up = &mut s.gate_up;
             self.project(
                 &block.gate_up,
-                &s.h,
                 total,
-                &mut s.gate_up,
+                norm,
+                gate_up,
                 &mut s.part,
                 &mut s.act,
             )?;
-            resize(&mut s.ffn, total * c.n_ff);
-            for (row, out) in s
-                .gate_up
-                .chunks_exact_mut(2 * c.n_ff)
-                .zip(s.ffn.chunks_exact_mut(c.n_ff))
-            {
-                let (gate, up) = row.split_at_mut(c.n_ff);
-                ops::silu_mul(gate, up);
-                out.copy_from_slice(gate);
-            }
+            let ff = c.n_ff;
+            let gate_up = &s.gate_up;
+            let silu = |r: usize, row: &mut [f32]| {
+                let (gate, up) = gate_up[r * 2 * ff..(r + 1) * 2 * ff].split_at(ff);
+                ops::silu_mul_into(gate, up, row);
+            };
             self.project(
                 &block.down,
-                &s.ffn,
                 total,
+                silu,
                 &mut s.projected,
                 &mut s.part,
                 &mut s.act,
@@ -414,16 +419,17 @@ impl HostModel {
         if wanted.is_empty() {
             return Ok(Vec::new());
         }
-        resize(&mut s.h, wanted.len() * d);
-        for (out, &r) in s.h.chunks_exact_mut(d).zip(&wanted) {
-            ops::rms_norm(&s.x[r * d..(r + 1) * d], &self.output_norm, c.rms_eps, out);
-        }
+        let x = &s.x;
+        let norm = |i: usize, row: &mut [f32]| {
+            let r = wanted[i];
+            ops::rms_norm(&x[r * d..(r + 1) * d], &self.output_norm, c.rms_eps, row);
+        };
         let head = std::slice::from_ref(self.output.as_ref().unwrap_or(&self.embedding));
         let mut logits = Vec::new();
         self.project(
             head,
-            &s.h,
             wanted.len(),
+            norm,
             &mut logits,
             &mut s.part,
             &mut s.act,
@@ -431,12 +437,14 @@ impl HostModel {
         Ok(logits)
     }
 
-    /// `x [m, in] → out [m, Σ outputs of parts]`, the parts' columns side by side.
+    /// `x [m, in] → out [m, Σ outputs of parts]`, the parts' columns side by
+    /// side, where `fill(r, row)` makes row `r` of `x` (a norm, an activation
+    /// function: made and quantised on the threads, row by row).
     fn project(
         &self,
         parts: &[QMatrix],
-        x: &[f32],
         m: usize,
+        fill: impl Fn(usize, &mut [f32]) + Sync,
         out: &mut Vec<f32>,
         part: &mut Vec<f32>,
         act: &mut Activations,
@@ -448,7 +456,7 @@ impl HostModel {
         for w in parts {
             let kind = w.format().activations();
             if quantized != Some(kind) {
-                act.quantize(kind, x, m, w.cols());
+                act.quantize_rows(&self.pool, self.isa, kind, m, w.cols(), &fill);
                 quantized = Some(kind);
             }
             if parts.len() == 1 {
@@ -467,14 +475,6 @@ impl HostModel {
 
 /// Shared so that clones of a model share one set of weights and threads.
 pub(crate) type SharedHostModel = Arc<HostModel>;
-
-/// RMSNorm of every row of `x` (`d` wide) into `out`.
-fn norm_rows(x: &[f32], weight: &[f32], eps: f32, d: usize, out: &mut Vec<f32>) {
-    resize(out, x.len());
-    for (row, o) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        ops::rms_norm(row, weight, eps, o);
-    }
-}
 
 /// Sets `v`'s length to `len`, keeping its allocation.
 fn resize(v: &mut Vec<f32>, len: usize) {
