@@ -239,12 +239,32 @@ fn attention_and_quantising_give_the_same_bits_on_every_instruction_set() {
         attention_on_both(hd);
     }
 
-    let x = random_activations(3, 608, 14);
+    let mut x = random_activations(3, 608, 14);
+    // Values that test the edges of rounding and of the scale: exact ties,
+    // NaN and infinities (NaN is skipped by the maximum and becomes 0; an
+    // infinite maximum makes the whole block NaN · 0 = 0), zeros, a
+    // block of all zeros.
+    let steps = [0.5f32, 1.5, -2.5, 126.5, -126.5, 127.0, -127.0, 0.0, -0.0];
+    for (i, v) in steps.iter().enumerate() {
+        x[i] = *v;
+    }
+    x[40] = f32::NAN;
+    x[70] = f32::INFINITY;
+    x[101] = f32::NEG_INFINITY;
+    x[608..640].fill(0.0);
+    x[700] = 1e-38;
     let (mut a, mut b) = (Activations::new(), Activations::new());
     a.quantize_on(Isa::Portable, ActKind::Q8, &x, 3, 608);
     b.quantize_on(Isa::Avx2, ActKind::Q8, &x, 3, 608);
+    // Bits, not `==`: a block with an infinite scale has NaN in `s`.
+    let bits_of = |blocks: Vec<shared_kernels::act::Q8Block>| -> Vec<(u32, u32, [i8; 32])> {
+        blocks
+            .iter()
+            .map(|b| (b.d.to_bits(), b.s.to_bits(), b.q))
+            .collect()
+    };
     for r in 0..3 {
-        assert_eq!(a.q8_row(r).blocks(), b.q8_row(r).blocks());
+        assert_eq!(bits_of(a.q8_row(r).blocks()), bits_of(b.q8_row(r).blocks()));
     }
 }
 
