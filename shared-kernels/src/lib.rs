@@ -29,6 +29,7 @@
 pub mod act;
 mod disjoint;
 mod dot;
+pub mod exp;
 pub mod format;
 mod matmul;
 pub mod ops;

@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use crate::disjoint::Disjoint;
 use crate::dot::Isa;
 use crate::dot::portable::hsum;
+use crate::exp::exp;
 use crate::pool::Pool;
 
 /// `Σ a·b` over eight lanes, then the tail in order.
@@ -45,10 +46,24 @@ pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// `gate · sigmoid(gate) · up`, into `out`.
-pub fn silu_mul_into(gate: &[f32], up: &[f32], out: &mut [f32]) {
+/// `gate · sigmoid(gate) · up`, into `out`: `g / (1 + e^−g) · u` with
+/// [`crate::exp::exp`], the same bits on every instruction set.
+#[allow(unsafe_code)]
+pub fn silu_mul_into(isa: Isa, gate: &[f32], up: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 && isa.available() {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        unsafe { simd::silu_mul_into(gate, up, out) };
+        return;
+    }
+    let _ = isa;
+    silu_mul_portable(gate, up, out);
+}
+
+#[inline(always)]
+fn silu_mul_portable(gate: &[f32], up: &[f32], out: &mut [f32]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-        *o = g / (1.0 + (-g).exp()) * u;
+        *o = g / (1.0 + exp(-g)) * u;
     }
 }
 
@@ -88,7 +103,7 @@ pub fn attend(
     }
     let mut total = 0f32;
     for s in scores.iter_mut() {
-        *s = (*s - max).exp();
+        *s = exp(*s - max);
         total += *s;
     }
     let inverse = 1.0 / total;
@@ -257,6 +272,31 @@ fn attend_avx2(
 mod simd {
     use std::arch::x86_64::*;
 
+    use crate::exp::{exp, exp8};
+
+    /// [`super::silu_mul_into`], eight lanes at a time, then the tail one by
+    /// one: the same operations, so the same bits.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn silu_mul_into(gate: &[f32], up: &[f32], out: &mut [f32]) {
+        let n = out.len().min(gate.len()).min(up.len());
+        let body = n / 8 * 8;
+        let (one, sign) = (_mm256_set1_ps(1.0), _mm256_set1_ps(-0.0));
+        for i in (0..body).step_by(8) {
+            let (g, u, o) = (&gate[i..i + 8], &up[i..i + 8], &mut out[i..i + 8]);
+            // SAFETY: 8 readable f32 each, 8 writable; unaligned.
+            unsafe {
+                let g = _mm256_loadu_ps(g.as_ptr());
+                let e = exp8(_mm256_xor_ps(g, sign));
+                let y = _mm256_mul_ps(
+                    _mm256_div_ps(g, _mm256_add_ps(one, e)),
+                    _mm256_loadu_ps(u.as_ptr()),
+                );
+                _mm256_storeu_ps(o.as_mut_ptr(), y);
+            }
+        }
+        super::silu_mul_portable(&gate[body..n], &up[body..n], &mut out[body..n]);
+    }
+
     /// Eight f32 at `v[at..at + 8]`.
     #[target_feature(enable = "avx2")]
     #[inline]
@@ -322,10 +362,22 @@ mod simd {
         for &s in scores.iter() {
             max = max.max(s);
         }
+        // Eight exponentials at a time, then the sum in position order.
+        let maxv = _mm256_set1_ps(max);
+        let mut eights = scores.chunks_exact_mut(8);
+        for e in &mut eights {
+            // SAFETY: `e` is 8 readable and writable f32; unaligned.
+            unsafe {
+                let v = _mm256_sub_ps(_mm256_loadu_ps(e.as_ptr()), maxv);
+                _mm256_storeu_ps(e.as_mut_ptr(), exp8(v));
+            }
+        }
+        for s in eights.into_remainder() {
+            *s = exp(*s - max);
+        }
         let mut total = 0f32;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            total += *s;
+        for &s in scores.iter() {
+            total += s;
         }
         let inverse = 1.0 / total;
         let mut sum = [_mm256_setzero_ps(); CHUNKS];

@@ -239,6 +239,18 @@ fn attention_and_quantising_give_the_same_bits_on_every_instruction_set() {
         attention_on_both(hd);
     }
 
+    // SiLU(gate) · up over 8-lane bodies and tails, with the exponential's
+    // edges (overflow, underflow, NaN) in the gates.
+    let mut gate = random_activations(1, 203, 15);
+    gate[..6].copy_from_slice(&[-100.0, -88.5, 90.0, f32::NAN, f32::INFINITY, 0.0]);
+    let up = random_activations(1, 203, 16);
+    let silu = |isa| {
+        let mut out = vec![0f32; 203];
+        shared_kernels::ops::silu_mul_into(isa, &gate, &up, &mut out);
+        out
+    };
+    assert_eq!(bits(&silu(Isa::Portable)), bits(&silu(Isa::Avx2)));
+
     let mut x = random_activations(3, 608, 14);
     // Values that test the edges of rounding and of the scale: exact ties,
     // NaN and infinities (NaN is skipped by the maximum and becomes 0; an

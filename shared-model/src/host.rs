@@ -403,7 +403,7 @@ impl HostModel {
             let gate_up = &s.gate_up;
             let silu = |r: usize, row: &mut [f32]| {
                 let (gate, up) = gate_up[r * 2 * ff..(r + 1) * 2 * ff].split_at(ff);
-                ops::silu_mul_into(gate, up, row);
+                ops::silu_mul_into(self.isa, gate, up, row);
             };
             self.project(
                 &block.down,
