@@ -9,7 +9,7 @@
 use crate::KernelError;
 use crate::act::Activations;
 use crate::disjoint::Disjoint;
-use crate::dot::{Isa, f32_kernel, q8_columns, q8k_kernel};
+use crate::dot::{Isa, columns_kernel, f32_kernel};
 use crate::format::{ActKind, QMatrix};
 use crate::pool::Pool;
 
@@ -48,21 +48,9 @@ pub fn matmul(
     let columns = |t: usize| t * chunk..((t + 1) * chunk).min(n);
     let unsupported = || KernelError::Shape(format!("no kernel for {:?}", w.format()));
     match kind {
-        ActKind::Q8 => {
-            let kernel = q8_columns(isa, w.format()).ok_or_else(unsupported)?;
+        ActKind::Q8 | ActKind::Q8K => {
+            let kernel = columns_kernel(isa, w.format()).ok_or_else(unsupported)?;
             pool.run(tasks, |t| kernel(w, columns(t), x, &out));
-        }
-        ActKind::Q8K => {
-            let dot = q8k_kernel(isa, w.format()).ok_or_else(unsupported)?;
-            pool.run(tasks, |t| {
-                for o in columns(t) {
-                    let row = w.row(o);
-                    for r in 0..m {
-                        // SAFETY: column `o` belongs to this task alone.
-                        unsafe { out.set(r * n + o, dot(row, x.q8k_row(r))) };
-                    }
-                }
-            });
         }
         ActKind::F32 => {
             let dot = f32_kernel(w.format()).ok_or_else(unsupported)?;

@@ -13,7 +13,8 @@
 //!
 //! The K formats (Q4_K, Q6_K) reduce each 256-value block to exact integers
 //! with `maddubs` and `madd` by the sub-block scales, then take the same f32
-//! steps as the portable kernels.
+//! steps as the portable kernels; a block's scales and values are unpacked
+//! once for up to four activation rows.
 #![allow(unsafe_code)]
 
 use std::arch::x86_64::*;
@@ -372,7 +373,7 @@ fn full_scales(g: &[u8], at: usize) -> __m256 {
 }
 
 /// Output columns `columns` of `w` times every row of `x`, rows four at a
-/// time, then two, then one (see [`super::Q8Columns`]).
+/// time, then two, then one (see [`super::Columns`]).
 #[target_feature(enable = "avx2,f16c")]
 pub(crate) fn columns<const FORMAT: u8>(
     w: &QMatrix,
@@ -387,7 +388,7 @@ pub(crate) fn columns<const FORMAT: u8>(
         while r + 4 <= m {
             let ys = q8_family::<FORMAT, 4>(row, [0, 1, 2, 3].map(|i| x.q8_row(r + i)));
             for (i, y) in ys.into_iter().enumerate() {
-                // SAFETY: column `o` belongs to this task alone (`Q8Columns`).
+                // SAFETY: column `o` belongs to this task alone (`Columns`).
                 unsafe { out.set((r + i) * n + o, y) };
             }
             r += 4;
@@ -409,89 +410,162 @@ pub(crate) fn columns<const FORMAT: u8>(
     }
 }
 
-/// A Q4_K row times a Q8K row; see [`super::portable::q4_k`]. The integer
-/// sums `Σ sc·(Σ q·x)` and `Σ m·(Σ x)` of a block are exact (at most
+/// A Q4_K row times `R` Q8K rows; see [`super::portable::q4_k`]. The
+/// integer sums `Σ sc·(Σ q·x)` and `Σ m·(Σ x)` of a block are exact (at most
 /// 256 · 15 · 127 · 63 < 2^31), so only the f32 steps, done as there, matter.
+/// A block's scales and nibbles are unpacked once for all the rows.
 #[target_feature(enable = "avx2,f16c")]
-pub(crate) fn q4_k(w: &[u8], x: &[Q8KBlock]) -> f32 {
-    let mut acc = 0f32;
+pub(crate) fn q4_k<const R: usize>(w: &[u8], xs: [&[Q8KBlock]; R]) -> [f32; R] {
+    let mut acc = [0f32; R];
     let mask = _mm256_set1_epi8(0x0f);
-    for (b, xb) in w.chunks_exact(144).zip(x) {
+    for (i, b) in w.chunks_exact(144).enumerate() {
         let scales = &b[4..16];
-        let mut scaled = _mm256_setzero_si256();
-        let mut mins = 0i32;
+        let xb: [&Q8KBlock; R] = std::array::from_fn(|r| &xs[r][i]);
+        let mut scaled = [_mm256_setzero_si256(); R];
+        let mut mins = [0i32; R];
         for chunk in 0..4 {
             let (sc_lo, m_lo) = k_scale_min(2 * chunk, scales);
             let (sc_hi, m_hi) = k_scale_min(2 * chunk + 1, scales);
             let q = bytes32(b, 16 + 32 * chunk);
             let lo = _mm256_and_si256(q, mask);
             let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask);
-            let x_lo = q8k_values(xb, 64 * chunk);
-            let x_hi = q8k_values(xb, 64 * chunk + 32);
-            let p_lo = _mm256_maddubs_epi16(lo, x_lo);
-            let p_hi = _mm256_maddubs_epi16(hi, x_hi);
-            scaled = _mm256_add_epi32(
-                scaled,
-                _mm256_add_epi32(
-                    _mm256_madd_epi16(p_lo, _mm256_set1_epi16(i16::from(sc_lo))),
-                    _mm256_madd_epi16(p_hi, _mm256_set1_epi16(i16::from(sc_hi))),
-                ),
-            );
-            let sum = |j: usize| i32::from(xb.sums[j]);
-            mins += i32::from(m_lo) * (sum(4 * chunk) + sum(4 * chunk + 1))
-                + i32::from(m_hi) * (sum(4 * chunk + 2) + sum(4 * chunk + 3));
+            let sc_lo = _mm256_set1_epi16(i16::from(sc_lo));
+            let sc_hi = _mm256_set1_epi16(i16::from(sc_hi));
+            for r in 0..R {
+                let p_lo = _mm256_maddubs_epi16(lo, q8k_values(xb[r], 64 * chunk));
+                let p_hi = _mm256_maddubs_epi16(hi, q8k_values(xb[r], 64 * chunk + 32));
+                scaled[r] = _mm256_add_epi32(
+                    scaled[r],
+                    _mm256_add_epi32(
+                        _mm256_madd_epi16(p_lo, sc_lo),
+                        _mm256_madd_epi16(p_hi, sc_hi),
+                    ),
+                );
+                let sum = |j: usize| i32::from(xb[r].sums[j]);
+                mins[r] += i32::from(m_lo) * (sum(4 * chunk) + sum(4 * chunk + 1))
+                    + i32::from(m_hi) * (sum(4 * chunk + 2) + sum(4 * chunk + 3));
+            }
         }
-        acc += (f16_at(b, 0) * xb.d) * exact_sum(scaled) as f32;
-        acc -= (f16_at(b, 2) * xb.d) * mins as f32;
+        let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+        for r in 0..R {
+            acc[r] += (d * xb[r].d) * exact_sum(scaled[r]) as f32;
+            acc[r] -= (dmin * xb[r].d) * mins[r] as f32;
+        }
     }
     acc
 }
 
-/// A Q6_K row times a Q8K row; see [`super::portable::q6_k`]. Values are
+/// A Q6_K row times `R` Q8K rows; see [`super::portable::q6_k`]. Values are
 /// multiplied unsigned (0..64) and the offset of 32 taken off through the
-/// activations' sums per 16, exactly.
+/// activations' sums per 16, exactly. A block's values are unpacked once
+/// for all the rows.
 #[target_feature(enable = "avx2,f16c")]
-pub(crate) fn q6_k(w: &[u8], x: &[Q8KBlock]) -> f32 {
-    let mut acc = 0f32;
+pub(crate) fn q6_k<const R: usize>(w: &[u8], xs: [&[Q8KBlock]; R]) -> [f32; R] {
+    let mut acc = [0f32; R];
     let low = _mm256_set1_epi8(0x0f);
     let two = _mm256_set1_epi8(0x03);
-    for (b, xb) in w.chunks_exact(210).zip(x) {
-        let sc = |j: usize| i16::from(b[192 + j] as i8);
-        let mut scaled = _mm256_setzero_si256();
+    for (i, b) in w.chunks_exact(210).enumerate() {
+        let sc: [i16; 16] = std::array::from_fn(|j| i16::from(b[192 + j] as i8));
+        let mut scaled = [_mm256_setzero_si256(); R];
         for half in 0..2 {
             let ql0 = bytes32(b, 64 * half);
             let ql1 = bytes32(b, 64 * half + 32);
             let qh = bytes32(b, 128 + 32 * half);
-            let high = |shift: i32| {
-                let bits = match shift {
-                    0 => qh,
-                    2 => _mm256_srli_epi16::<2>(qh),
-                    4 => _mm256_srli_epi16::<4>(qh),
-                    _ => _mm256_srli_epi16::<6>(qh),
-                };
-                _mm256_slli_epi16::<4>(_mm256_and_si256(bits, two))
-            };
+            // Bits 4..6 of each quarter's values: pairs of `qh` bits.
+            let high = [
+                _mm256_slli_epi16::<4>(_mm256_and_si256(qh, two)),
+                _mm256_slli_epi16::<2>(_mm256_and_si256(qh, _mm256_slli_epi16::<2>(two))),
+                _mm256_and_si256(qh, _mm256_slli_epi16::<4>(two)),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(qh), _mm256_slli_epi16::<4>(two)),
+            ];
             let quarters = [
-                _mm256_or_si256(_mm256_and_si256(ql0, low), high(0)),
-                _mm256_or_si256(_mm256_and_si256(ql1, low), high(2)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low), high(4)),
-                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low), high(6)),
+                _mm256_or_si256(_mm256_and_si256(ql0, low), high[0]),
+                _mm256_or_si256(_mm256_and_si256(ql1, low), high[1]),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low), high[2]),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low), high[3]),
             ];
             for (quarter, q) in quarters.into_iter().enumerate() {
                 let start = 128 * half + 32 * quarter;
                 let j = start / 16;
-                let p = _mm256_maddubs_epi16(q, q8k_values(xb, start));
-                let scale = _mm256_set_m128i(_mm_set1_epi16(sc(j + 1)), _mm_set1_epi16(sc(j)));
-                scaled = _mm256_add_epi32(scaled, _mm256_madd_epi16(p, scale));
+                let scale = _mm256_set_m128i(_mm_set1_epi16(sc[j + 1]), _mm_set1_epi16(sc[j]));
+                for r in 0..R {
+                    let p = _mm256_maddubs_epi16(q, q8k_values(&xs[r][i], start));
+                    scaled[r] = _mm256_add_epi32(scaled[r], _mm256_madd_epi16(p, scale));
+                }
             }
         }
-        let offset: i32 = (0..16)
-            .map(|j| i32::from(sc(j)) * i32::from(xb.sums[j]))
-            .sum();
-        let total = exact_sum(scaled) - 32 * offset;
-        acc += (f16_at(b, 208) * xb.d) * total as f32;
+        let d = f16_at(b, 208);
+        for r in 0..R {
+            let xb = &xs[r][i];
+            let offset: i32 = (0..16)
+                .map(|j| i32::from(sc[j]) * i32::from(xb.sums[j]))
+                .sum();
+            let total = exact_sum(scaled[r]) - 32 * offset;
+            acc[r] += (d * xb.d) * total as f32;
+        }
     }
     acc
+}
+
+/// Output columns `columns` of a K-format `w` times every row of `x`
+/// (Q8K), rows four at a time, then two, then one; each row's arithmetic
+/// is the one-row kernel's.
+#[target_feature(enable = "avx2,f16c")]
+pub(crate) fn k_columns<const Q6: bool>(
+    w: &QMatrix,
+    columns: Range<usize>,
+    x: &Activations,
+    out: &Disjoint<'_>,
+) {
+    let (m, n) = (x.rows(), w.rows());
+    let store = |r: usize, o: usize, ys: &[f32]| {
+        for (i, &y) in ys.iter().enumerate() {
+            // SAFETY: column `o` belongs to this task alone (`Columns`).
+            unsafe { out.set((r + i) * n + o, y) };
+        }
+    };
+    for o in columns {
+        let row = w.row(o);
+        let mut r = 0;
+        while r + 4 <= m {
+            let xs = std::array::from_fn(|i| x.q8k_row(r + i));
+            store(
+                r,
+                o,
+                &if Q6 {
+                    q6_k::<4>(row, xs)
+                } else {
+                    q4_k::<4>(row, xs)
+                },
+            );
+            r += 4;
+        }
+        if r + 2 <= m {
+            let xs = [x.q8k_row(r), x.q8k_row(r + 1)];
+            store(
+                r,
+                o,
+                &if Q6 {
+                    q6_k::<2>(row, xs)
+                } else {
+                    q4_k::<2>(row, xs)
+                },
+            );
+            r += 2;
+        }
+        if r < m {
+            let xs = [x.q8k_row(r)];
+            store(
+                r,
+                o,
+                &if Q6 {
+                    q6_k::<1>(row, xs)
+                } else {
+                    q4_k::<1>(row, xs)
+                },
+            );
+        }
+    }
 }
 
 /// 32 activation values of a Q8K block from `at`.

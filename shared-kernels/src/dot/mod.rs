@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use std::ops::Range;
 
-use crate::act::{Activations, Q8KBlock};
+use crate::act::Activations;
 use crate::disjoint::Disjoint;
 use crate::format::{Format, QMatrix};
 
@@ -66,14 +66,13 @@ fn avx2_available() -> bool {
     false
 }
 
-/// Output columns `columns` of `w` times every row of `x` (Q8), written to
-/// `out[r · w.rows() + o]`; the caller hands each task columns no other task
-/// has (the kernel writes there through [`Disjoint`]). Each `(row, column)` result is the same whatever
-/// the other rows and columns are (the SIMD kernels group rows in fours to
-/// share unpacked weights, with each row's arithmetic unchanged).
-pub(crate) type Q8Columns = fn(&QMatrix, Range<usize>, &Activations, &Disjoint<'_>);
-/// A weight row times a Q8K activation row.
-pub(crate) type DotQ8K = fn(&[u8], &[Q8KBlock]) -> f32;
+/// Output columns `columns` of `w` times every row of `x` (Q8 or Q8K, as
+/// the format takes), written to `out[r · w.rows() + o]`; the caller hands
+/// each task columns no other task has (the kernel writes there through
+/// [`Disjoint`]). Each `(row, column)` result is the same whatever the other
+/// rows and columns are (the SIMD kernels group rows in fours to share
+/// unpacked weights, with each row's arithmetic unchanged).
+pub(crate) type Columns = fn(&QMatrix, Range<usize>, &Activations, &Disjoint<'_>);
 /// A weight row times an f32 activation row.
 pub(crate) type DotF32 = fn(&[u8], &[f32]) -> f32;
 
@@ -84,16 +83,23 @@ fn portable_columns(w: &QMatrix, columns: Range<usize>, x: &Activations, out: &D
     for o in columns {
         let row = w.row(o);
         for r in 0..m {
-            let y = portable::q8_family(w.format(), row, x.q8_row(r));
+            let y = match w.format() {
+                Format::Q4_K => portable::q4_k(row, x.q8k_row(r)),
+                Format::Q6_K => portable::q6_k(row, x.q8k_row(r)),
+                format => portable::q8_family(format, row, x.q8_row(r)),
+            };
             // SAFETY: the columns handed to a kernel belong to its task alone.
             unsafe { out.set(r * n + o, y) };
         }
     }
 }
 
-/// The kernel over columns of a format that takes Q8 activations.
-pub(crate) fn q8_columns(isa: Isa, format: Format) -> Option<Q8Columns> {
-    if !matches!(format, Format::Q4_0 | Format::Q4_1 | Format::Q8_0) {
+/// The kernel over columns of a format that takes quantised activations.
+pub(crate) fn columns_kernel(isa: Isa, format: Format) -> Option<Columns> {
+    if !matches!(
+        format,
+        Format::Q4_0 | Format::Q4_1 | Format::Q8_0 | Format::Q4_K | Format::Q6_K
+    ) {
         return None;
     }
     #[cfg(target_arch = "x86_64")]
@@ -101,42 +107,13 @@ pub(crate) fn q8_columns(isa: Isa, format: Format) -> Option<Q8Columns> {
         return Some(match format {
             Format::Q4_0 => avx2_q4_0,
             Format::Q4_1 => avx2_q4_1,
-            _ => avx2_q8_0,
+            Format::Q8_0 => avx2_q8_0,
+            Format::Q4_K => avx2_q4_k,
+            _ => avx2_q6_k,
         });
     }
     let _ = isa;
     Some(portable_columns)
-}
-
-/// The kernel of a format that takes Q8K activations.
-pub(crate) fn q8k_kernel(isa: Isa, format: Format) -> Option<DotQ8K> {
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 && avx2_available() {
-        return match format {
-            Format::Q4_K => Some(avx2_q4_k),
-            Format::Q6_K => Some(avx2_q6_k),
-            _ => None,
-        };
-    }
-    let _ = isa;
-    match format {
-        Format::Q4_K => Some(portable::q4_k),
-        Format::Q6_K => Some(portable::q6_k),
-        _ => None,
-    }
-}
-
-// SAFETY (both): `q8k_kernel` hands these out only after `avx2_available()`
-// said the CPU has AVX2 and F16C.
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-fn avx2_q4_k(w: &[u8], x: &[Q8KBlock]) -> f32 {
-    unsafe { avx2::q4_k(w, x) }
-}
-#[cfg(target_arch = "x86_64")]
-#[allow(unsafe_code)]
-fn avx2_q6_k(w: &[u8], x: &[Q8KBlock]) -> f32 {
-    unsafe { avx2::q6_k(w, x) }
 }
 
 /// The kernel of a format that takes f32 activations.
@@ -148,21 +125,25 @@ pub(crate) fn f32_kernel(format: Format) -> Option<DotF32> {
     }
 }
 
-/// A safe wrapper of the AVX2 kernel over columns for one format.
+/// A safe wrapper of an AVX2 kernel over columns.
 #[cfg(target_arch = "x86_64")]
 macro_rules! avx2_wrapper {
-    ($name:ident, $format:literal) => {
+    ($name:ident, $kernel:path) => {
         #[allow(unsafe_code)]
         fn $name(w: &QMatrix, columns: Range<usize>, x: &Activations, out: &Disjoint<'_>) {
-            // SAFETY: `q8_columns` hands this out only after
+            // SAFETY: `columns_kernel` hands this out only after
             // `avx2_available()` said the CPU has AVX2 and F16C.
-            unsafe { avx2::columns::<$format>(w, columns, x, out) }
+            unsafe { $kernel(w, columns, x, out) }
         }
     };
 }
 #[cfg(target_arch = "x86_64")]
-avx2_wrapper!(avx2_q4_0, 0);
+avx2_wrapper!(avx2_q4_0, avx2::columns::<0>);
 #[cfg(target_arch = "x86_64")]
-avx2_wrapper!(avx2_q4_1, 1);
+avx2_wrapper!(avx2_q4_1, avx2::columns::<1>);
 #[cfg(target_arch = "x86_64")]
-avx2_wrapper!(avx2_q8_0, 2);
+avx2_wrapper!(avx2_q8_0, avx2::columns::<2>);
+#[cfg(target_arch = "x86_64")]
+avx2_wrapper!(avx2_q4_k, avx2::k_columns::<false>);
+#[cfg(target_arch = "x86_64")]
+avx2_wrapper!(avx2_q6_k, avx2::k_columns::<true>);
