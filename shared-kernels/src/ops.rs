@@ -243,7 +243,7 @@ pub fn attention(
 /// score's eight lanes summed over the head's chunks, then [`hsum`]'s order;
 /// each output lane summed over positions in order; no fused multiply-adds),
 /// so the same result bit for bit, with the query and the output held in
-/// registers. Heads whose size is not a multiple of 8 up to 256 take
+/// registers. Heads of other sizes than 32, 64, 96, 128 and 256 values take
 /// [`attend`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
