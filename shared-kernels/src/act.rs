@@ -329,13 +329,18 @@ fn quantize_row_q8(isa: Isa, row: &[f32], out: &mut [Q8Group]) {
     quantize_row_q8_portable(row, out);
 }
 
-#[inline(always)]
 fn quantize_row_q8_portable(row: &[f32], out: &mut [Q8Group]) {
+    group_row(row, out, quantize_q8);
+}
+
+/// A row's blocks of 32, each quantised by `quantize`, grouped into `out`.
+#[inline(always)]
+fn group_row(row: &[f32], out: &mut [Q8Group], quantize: impl Fn(&[f32]) -> Q8Block) {
     let mut blocks = [Q8Block::ZERO; GROUP];
     for (values, group) in row.chunks(32 * GROUP).zip(out) {
         let n = values.len() / 32;
         for (block, x) in blocks.iter_mut().zip(values.chunks_exact(32)) {
-            *block = quantize_q8(x);
+            *block = quantize(x);
         }
         *group = Q8Group::of(&blocks[..n]);
     }
@@ -346,14 +351,7 @@ fn quantize_row_q8_portable(row: &[f32], out: &mut [Q8Group]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn quantize_row_q8_avx2(row: &[f32], out: &mut [Q8Group]) {
-    let mut blocks = [Q8Block::ZERO; GROUP];
-    for (values, group) in row.chunks(32 * GROUP).zip(out) {
-        let n = values.len() / 32;
-        for (block, x) in blocks.iter_mut().zip(values.chunks_exact(32)) {
-            *block = simd::quantize_q8(x);
-        }
-        *group = Q8Group::of(&blocks[..n]);
-    }
+    group_row(row, out, |x| simd::quantize_q8(x));
 }
 
 #[cfg(target_arch = "x86_64")]
