@@ -272,6 +272,7 @@ fn attend_avx2(
 mod simd {
     use std::arch::x86_64::*;
 
+    use crate::dot::avx2::hsum;
     use crate::exp::{exp, exp8};
 
     /// [`super::silu_mul_into`], eight lanes at a time, then the tail one by
@@ -304,15 +305,6 @@ mod simd {
         let lanes = &v[at..at + 8];
         // SAFETY: `lanes` is 8 readable f32; the load is unaligned.
         unsafe { _mm256_loadu_ps(lanes.as_ptr()) }
-    }
-
-    /// [`super::hsum`] of eight lanes, in its order.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let t = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<1>(t, t)))
     }
 
     /// One score: `dot(q, key) · scale`, [`super::dot`]'s arithmetic.

@@ -30,9 +30,10 @@ pub(crate) fn available() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")
 }
 
-/// See [`super::portable::hsum`].
+/// See [`super::portable::hsum`] (the order attention's sums take too).
 #[target_feature(enable = "avx2")]
-fn hsum(v: __m256) -> f32 {
+#[inline]
+pub(crate) fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let t = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps::<1>(t, t)))
@@ -305,10 +306,14 @@ fn even_group<const FORMAT: u8, const R: usize, const PAIRS: usize>(
             pair_weights::<false>(g, values + 32 * p)
         }
     });
-    let magnitudes: [PairWeights; 4] = std::array::from_fn(|p| PairWeights {
-        first: _mm256_sign_epi8(weights[p].first, weights[p].first),
-        second: _mm256_sign_epi8(weights[p].second, weights[p].second),
-    });
+    let magnitudes: [PairWeights; 4] = if q8 {
+        std::array::from_fn(|p| PairWeights {
+            first: _mm256_sign_epi8(weights[p].first, weights[p].first),
+            second: _mm256_sign_epi8(weights[p].second, weights[p].second),
+        })
+    } else {
+        weights
+    };
     let d = if PAIRS == 4 {
         full_scales(g, 0)
     } else {

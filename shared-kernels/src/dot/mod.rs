@@ -4,7 +4,7 @@
 pub(crate) mod portable;
 
 #[cfg(target_arch = "x86_64")]
-mod avx2;
+pub(crate) mod avx2;
 
 use std::sync::OnceLock;
 
