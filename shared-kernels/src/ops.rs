@@ -4,6 +4,8 @@
 
 use std::cell::RefCell;
 
+use half::f16;
+
 use crate::disjoint::Disjoint;
 use crate::dot::Isa;
 use crate::dot::portable::hsum;
@@ -23,6 +25,23 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut sum = hsum(acc);
     for (x, y) in a[body..].iter().zip(&b[body..]) {
         sum += x * y;
+    }
+    sum
+}
+
+/// [`dot`] of an f32 row and an f16 row (each f16 value widened exactly).
+#[inline(always)]
+fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
+    let body = a.len().min(b.len()) / 8 * 8;
+    let mut acc = [0f32; 8];
+    for (ca, cb) in a[..body].chunks_exact(8).zip(b[..body].chunks_exact(8)) {
+        for lane in 0..8 {
+            acc[lane] += ca[lane] * cb[lane].to_f32();
+        }
+    }
+    let mut sum = hsum(acc);
+    for (x, y) in a[body..].iter().zip(&b[body..]) {
+        sum += x * y.to_f32();
     }
     sum
 }
@@ -87,8 +106,8 @@ pub fn add(x: &mut [f32], y: &[f32]) {
 #[inline(always)]
 pub fn attend(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: &[f16],
+    values: &[f16],
     context: usize,
     scale: f32,
     scores: &mut [f32],
@@ -119,12 +138,12 @@ pub fn attend(
 
 /// `out += Σ_p (scores[p] · inverse) · values[p]`, positions in order.
 #[inline(always)]
-fn weighted_sum(out: &mut [f32], scores: &[f32], values: &[f32], inverse: f32) {
+fn weighted_sum(out: &mut [f32], scores: &[f32], values: &[f16], inverse: f32) {
     let hd = out.len();
     for (&s, v) in scores.iter().zip(values.chunks_exact(hd)) {
         let weight = s * inverse;
         for (o, &x) in out.iter_mut().zip(v) {
-            *o += weight * x;
+            *o += weight * x.to_f32();
         }
     }
 }
@@ -132,7 +151,7 @@ fn weighted_sum(out: &mut [f32], scores: &[f32], values: &[f32], inverse: f32) {
 /// `scores[p] = dot(q, keys[p]) · scale`, four positions at a time (each
 /// summed exactly as [`dot`] sums it).
 #[inline(always)]
-fn scores_of(q: &[f32], keys: &[f32], scale: f32, scores: &mut [f32]) {
+fn scores_of(q: &[f32], keys: &[f16], scale: f32, scores: &mut [f32]) {
     let hd = q.len();
     let body = hd / 8 * 8;
     let quads = scores.len() / 4 * 4;
@@ -144,20 +163,20 @@ fn scores_of(q: &[f32], keys: &[f32], scale: f32, scores: &mut [f32]) {
             for (i, a) in acc.iter_mut().enumerate() {
                 let kc = &k[i * hd + 8 * c..i * hd + 8 * c + 8];
                 for lane in 0..8 {
-                    a[lane] += qc[lane] * kc[lane];
+                    a[lane] += qc[lane] * kc[lane].to_f32();
                 }
             }
         }
         for (i, (o, a)) in out.iter_mut().zip(acc).enumerate() {
             let mut sum = hsum(a);
             for (x, y) in q[body..].iter().zip(&k[i * hd + body..(i + 1) * hd]) {
-                sum += x * y;
+                sum += x * y.to_f32();
             }
             *o = sum * scale;
         }
     }
     for (p, o) in scores.iter_mut().enumerate().skip(quads) {
-        *o = dot(q, &keys[p * hd..(p + 1) * hd]) * scale;
+        *o = dot_f16(q, &keys[p * hd..(p + 1) * hd]) * scale;
     }
 }
 
@@ -178,9 +197,9 @@ pub struct Heads {
 #[derive(Debug, Clone, Copy)]
 pub struct Context<'a> {
     /// Keys.
-    pub keys: &'a [f32],
+    pub keys: &'a [f16],
     /// Values.
-    pub values: &'a [f32],
+    pub values: &'a [f16],
     /// Positions each head's run of the buffers has room for.
     pub capacity: usize,
     /// Positions attended over.
@@ -246,11 +265,11 @@ pub fn attention(
 /// registers. Heads of other sizes than 32, 64, 96, 128 and 256 values take
 /// [`attend`].
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,f16c")]
 fn attend_avx2(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: &[f16],
+    values: &[f16],
     context: usize,
     scale: f32,
     scores: &mut [f32],
@@ -271,6 +290,8 @@ fn attend_avx2(
 #[allow(unsafe_code)]
 mod simd {
     use std::arch::x86_64::*;
+
+    use half::f16;
 
     use crate::dot::avx2::hsum;
     use crate::exp::{exp, exp8};
@@ -307,23 +328,32 @@ mod simd {
         unsafe { _mm256_loadu_ps(lanes.as_ptr()) }
     }
 
-    /// One score: `dot(q, key) · scale`, [`super::dot`]'s arithmetic.
-    #[target_feature(enable = "avx2")]
+    /// Eight f16 at `v[at..at + 8]`, widened to f32 (exactly, as `f16::to_f32`).
+    #[target_feature(enable = "avx2,f16c")]
     #[inline]
-    fn score<const CHUNKS: usize>(q: &[__m256; CHUNKS], key: &[f32], scale: f32) -> f32 {
+    fn load8h(v: &[f16], at: usize) -> __m256 {
+        let lanes = &v[at..at + 8];
+        // SAFETY: `lanes` is 16 readable bytes; the load is unaligned.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(lanes.as_ptr().cast())) }
+    }
+
+    /// One score: `dot(q, key) · scale`, [`super::dot`]'s arithmetic.
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    fn score<const CHUNKS: usize>(q: &[__m256; CHUNKS], key: &[f16], scale: f32) -> f32 {
         let mut acc = _mm256_setzero_ps();
         for (c, &qc) in q.iter().enumerate() {
-            acc = _mm256_add_ps(acc, _mm256_mul_ps(qc, load8(key, 8 * c)));
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(qc, load8h(key, 8 * c)));
         }
         hsum(acc) * scale
     }
 
     /// [`super::attend`] for heads of `8 · CHUNKS` values.
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,f16c")]
     pub(super) fn attend_chunks<const CHUNKS: usize>(
         q: &[f32],
-        keys: &[f32],
-        values: &[f32],
+        keys: &[f16],
+        values: &[f16],
         context: usize,
         scale: f32,
         scores: &mut [f32],
@@ -340,7 +370,7 @@ mod simd {
             let mut acc = [_mm256_setzero_ps(); 4];
             for (c, &qc) in qv.iter().enumerate() {
                 for (i, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_add_ps(*a, _mm256_mul_ps(qc, load8(k, i * hd + 8 * c)));
+                    *a = _mm256_add_ps(*a, _mm256_mul_ps(qc, load8h(k, i * hd + 8 * c)));
                 }
             }
             for (o, a) in s.iter_mut().zip(acc) {
@@ -376,7 +406,7 @@ mod simd {
         for (&s, v) in scores.iter().zip(values[..context * hd].chunks_exact(hd)) {
             let weight = _mm256_set1_ps(s * inverse);
             for (c, acc) in sum.iter_mut().enumerate() {
-                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(weight, load8(v, 8 * c)));
+                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(weight, load8h(v, 8 * c)));
             }
         }
         for (c, acc) in sum.iter().enumerate() {
@@ -396,9 +426,13 @@ thread_local! {
 mod tests {
     use super::*;
 
+    fn h<const N: usize>(v: [f32; N]) -> [f16; N] {
+        v.map(f16::from_f32)
+    }
+
     #[test]
     fn attention_over_one_position_returns_its_value() {
-        let (q, k, v) = ([1.0, 2.0], [0.5, -1.0], [3.0, 4.0]);
+        let (q, k, v) = ([1.0, 2.0], h([0.5, -1.0]), h([3.0, 4.0]));
         let mut out = [0f32; 2];
         attend(&q, &k, &v, 1, 0.7, &mut [0.0; 4], &mut out);
         assert_eq!(out, [3.0, 4.0]);
@@ -408,12 +442,13 @@ mod tests {
     fn attention_weights_follow_softmax() {
         // Two positions with scores 0 and ln 3: weights 1/4 and 3/4.
         let q = [1.0f32, 0.0];
-        let k = [0.0, 0.0, 3f32.ln(), 0.0];
-        let v = [4.0, 0.0, 0.0, 8.0];
+        let k = h([0.0, 0.0, 3f32.ln(), 0.0]);
+        let v = h([4.0, 0.0, 0.0, 8.0]);
         let mut out = [0f32; 2];
         attend(&q, &k, &v, 2, 1.0, &mut [0.0; 2], &mut out);
+        // Within f16's rounding of ln 3 in the cached key (2^-11 relative).
         assert!(
-            (out[0] - 1.0).abs() < 1e-6 && (out[1] - 6.0).abs() < 1e-6,
+            (out[0] - 1.0).abs() < 1e-4 && (out[1] - 6.0).abs() < 1e-4,
             "{out:?}"
         );
     }
@@ -433,11 +468,17 @@ mod tests {
     fn scores_four_at_a_time_equal_one_at_a_time() {
         for hd in [64, 12, 3] {
             let q: Vec<f32> = (0..hd).map(|i| (i as f32 * 0.37).sin()).collect();
-            let keys: Vec<f32> = (0..7 * hd).map(|i| (i as f32 * 0.11).cos()).collect();
+            let keys: Vec<f16> = (0..7 * hd)
+                .map(|i| f16::from_f32((i as f32 * 0.11).cos()))
+                .collect();
             let mut scores = vec![0f32; 7];
             scores_of(&q, &keys, 0.125, &mut scores);
             for (p, &s) in scores.iter().enumerate() {
-                let one = dot(&q, &keys[p * hd..(p + 1) * hd]) * 0.125;
+                let key: Vec<f32> = keys[p * hd..(p + 1) * hd]
+                    .iter()
+                    .map(|k| k.to_f32())
+                    .collect();
+                let one = dot(&q, &key) * 0.125;
                 assert_eq!(s.to_bits(), one.to_bits(), "hd {hd}, position {p}");
             }
         }

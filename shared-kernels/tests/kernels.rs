@@ -6,7 +6,7 @@
 
 use half::f16;
 use proptest::prelude::*;
-use shared_kernels::ops::{Context, Heads, attention};
+use shared_kernels::ops::{Context, Heads, attend, attention};
 use shared_kernels::{ActKind, Activations, Format, Isa, Pool, QMatrix, matmul};
 
 const FORMATS: [Format; 7] = [
@@ -230,15 +230,18 @@ proptest! {
 }
 
 #[test]
-fn attention_and_quantising_give_the_same_bits_on_every_instruction_set() {
-    if !Isa::Avx2.available() {
-        return;
-    }
+fn attention_equals_each_head_alone_on_every_instruction_set() {
     // Head sizes with a SIMD path (32, 64, 128) and without (12, 20).
     for hd in [64, 32, 128, 12, 20] {
         attention_on_both(hd);
     }
+}
 
+#[test]
+fn silu_and_quantising_give_the_same_bits_on_every_instruction_set() {
+    if !Isa::Avx2.available() {
+        return;
+    }
     // SiLU(gate) · up over 8-lane bodies and tails, with the exponential's
     // edges (overflow, underflow, NaN) in the gates.
     let mut gate = random_activations(1, 203, 15);
@@ -280,14 +283,20 @@ fn attention_and_quantising_give_the_same_bits_on_every_instruction_set() {
     }
 }
 
-/// Attention with heads of `hd` values over contexts of 1, 17 and 40
-/// positions gives the same bits on both instruction sets.
+/// Attention with heads of `hd` values over contexts of 1 to 300 positions
+/// (shorter and longer than a block of scoring work) gives each (row, head)
+/// the bits of [`attend`] on that head alone, and the same bits on both
+/// instruction sets where the machine has AVX2.
 fn attention_on_both(hd: usize) {
-    let (n_head, n_head_kv, capacity) = (6, 2, 40);
-    let keys = random_activations(n_head_kv * capacity, hd, 11);
-    let values = random_activations(n_head_kv * capacity, hd, 12);
-    let q = random_activations(3, n_head * hd, 13);
-    let contexts: Vec<Context<'_>> = [1, 17, 40]
+    let (n_head, n_head_kv, capacity) = (6, 2, 300);
+    let to_f16 = |v: Vec<f32>| v.into_iter().map(f16::from_f32).collect::<Vec<_>>();
+    let keys = to_f16(random_activations(n_head_kv * capacity, hd, 11));
+    let mut values = to_f16(random_activations(n_head_kv * capacity, hd, 12));
+    // f16's edges: a subnormal, the largest finite value, a negative zero.
+    values[3..6].copy_from_slice(&[f16::from_bits(1), f16::MAX, f16::NEG_ZERO]);
+    let lens = [1, 17, 40, 64, 65, 150, 300];
+    let q = random_activations(lens.len(), n_head * hd, 13);
+    let contexts: Vec<Context<'_>> = lens
         .iter()
         .map(|&len| Context {
             keys: &keys,
@@ -296,18 +305,56 @@ fn attention_on_both(hd: usize) {
             len,
         })
         .collect();
-    let pool = Pool::new(2).unwrap();
-    let run = |isa| {
+    let heads = Heads {
+        query: n_head,
+        kv: n_head_kv,
+        dim: hd,
+    };
+    let run = |isa, threads| {
         let mut out = vec![0f32; q.len()];
-        let heads = Heads {
-            query: n_head,
-            kv: n_head_kv,
-            dim: hd,
-        };
-        attention(&pool, isa, heads, &q, &contexts, &mut out);
+        attention(
+            &Pool::new(threads).unwrap(),
+            isa,
+            heads,
+            &q,
+            &contexts,
+            &mut out,
+        );
         out
     };
-    assert_eq!(bits(&run(Isa::Portable)), bits(&run(Isa::Avx2)), "hd {hd}");
+    let portable = run(Isa::Portable, 2);
+    if Isa::Avx2.available() {
+        assert_eq!(bits(&portable), bits(&run(Isa::Avx2, 2)), "hd {hd}");
+        assert_eq!(
+            bits(&portable),
+            bits(&run(Isa::Avx2, 1)),
+            "hd {hd}, one thread"
+        );
+    }
+    let mut scores = vec![0f32; capacity];
+    for (row, &len) in lens.iter().enumerate() {
+        for head in 0..n_head {
+            let kv = head / (n_head / n_head_kv);
+            let span = kv * capacity * hd..(kv * capacity + len) * hd;
+            let at = (row * n_head + head) * hd;
+            let mut alone = vec![0f32; hd];
+            let scale = 1.0 / (hd as f32).sqrt();
+            attend(
+                &q[at..at + hd],
+                &keys[span.clone()],
+                &values[span],
+                len,
+                scale,
+                &mut scores,
+                &mut alone,
+            );
+            assert_eq!(
+                bits(&portable[at..at + hd]),
+                bits(&alone),
+                "hd {hd}, row {row}, head {head}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! bits and multiplies with integer dot products, reading each weight row once
 //! per pass for all rows. Q, K and V are one matrix, and so are the gate and
 //! up projections, when their formats agree. Attention runs over each
-//! sequence's own cache, row by row and head by head. Every operation computes
+//! sequence's own cache of f16 keys and values (as llama.cpp keeps them),
+//! row by row and head by head. Every operation computes
 //! a row the same way whatever else is in the pass, so the pass is
 //! batch-invariant like the tensor one (see `crate::model`), and the kernels'
 //! SIMD paths equal their portable twins, so results do not depend on the CPU.
@@ -14,6 +15,9 @@
 //! logits it returns.
 
 use std::sync::{Arc, Mutex};
+
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use shared_kernels::ops::{self, Context, Heads};
 use shared_kernels::{ActKind, Activations, Format, Isa, KernelError, Pool, QMatrix, matmul};
@@ -69,10 +73,12 @@ struct Scratch {
     act: Activations,
 }
 
-/// One sequence's keys and values, `[g][capacity][hd]` per layer.
+/// One sequence's keys and values, `[g][capacity][hd]` per layer, in f16
+/// (rounded to nearest even as they are stored): a decoding step reads the
+/// whole cache, so at long contexts its size, not arithmetic, sets the pace.
 #[derive(Debug, Clone)]
 pub(crate) struct HostCache {
-    layers: Vec<(Vec<f32>, Vec<f32>)>,
+    layers: Vec<(Vec<f16>, Vec<f16>)>,
     capacity: usize,
     /// Values of one position in one layer (key/value heads × head size).
     kv_width: usize,
@@ -98,6 +104,17 @@ impl HostCache {
         self.layers.len()
     }
 
+    /// Bytes one position takes across all layers, keys and values.
+    pub(crate) fn bytes_per_position(&self) -> usize {
+        Self::bytes_per_position_of(self.layers.len(), self.kv_width)
+    }
+
+    /// [`Self::bytes_per_position`] of a cache of `n_layer` layers of
+    /// `kv_width` values a position.
+    pub(crate) fn bytes_per_position_of(n_layer: usize, kv_width: usize) -> usize {
+        n_layer * 2 * kv_width * std::mem::size_of::<f16>()
+    }
+
     /// Positions the buffers have room for.
     pub(crate) fn capacity(&self) -> usize {
         self.capacity
@@ -117,7 +134,7 @@ impl HostCache {
         let old = self.capacity;
         for (keys, values) in &mut self.layers {
             for buffer in [keys, values] {
-                let mut grown = vec![0f32; g * capacity * hd];
+                let mut grown = vec![f16::ZERO; g * capacity * hd];
                 for head in 0..g {
                     let from = &buffer[head * old * hd..(head * old + len) * hd];
                     grown[head * capacity * hd..(head * capacity + len) * hd].copy_from_slice(from);
@@ -339,9 +356,11 @@ impl HostModel {
                     let row = &s.qkv[r * width..(r + 1) * width];
                     for head in 0..g {
                         let at = (head * capacity + p) * hd;
-                        keys[at..at + hd].copy_from_slice(&row[d + head * hd..d + (head + 1) * hd]);
-                        values[at..at + hd]
-                            .copy_from_slice(&row[d + kv + head * hd..d + kv + (head + 1) * hd]);
+                        keys[at..at + hd]
+                            .convert_from_f32_slice(&row[d + head * hd..d + (head + 1) * hd]);
+                        values[at..at + hd].convert_from_f32_slice(
+                            &row[d + kv + head * hd..d + kv + (head + 1) * hd],
+                        );
                     }
                     r += 1;
                 }

@@ -277,7 +277,8 @@ pub struct KvCache<B: Backend> {
     len: usize,
     /// Most positions this cache may ever hold (its memory budget).
     limit: usize,
-    /// Bytes of one position across all layers, keys and values.
+    /// Bytes of one position across all layers, keys and values, in the
+    /// tensor engine's buffers (the host engine's cache says its own).
     bytes_per_position: usize,
 }
 
@@ -306,7 +307,7 @@ impl<B: Backend> KvCache<B> {
     /// which grows by doubling up to [`KvCache::limit`]).
     pub fn allocated_bytes(&self) -> usize {
         if let Some(host) = &self.host {
-            return host.capacity() * self.bytes_per_position;
+            return host.capacity() * host.bytes_per_position();
         }
         let capacity = self
             .layers
@@ -890,9 +891,16 @@ fn attention<B: Backend>(
 }
 
 impl<B: Backend> Llama<B> {
-    /// Bytes of key/value cache one position takes.
+    /// Bytes of key/value cache one position takes (f16 on the host
+    /// engine, f32 on the tensor engine).
     pub fn kv_bytes_per_position(&self) -> usize {
-        kv_bytes_per_position(&self.config)
+        match self.engine {
+            Engine::Host(_) => HostCache::bytes_per_position_of(
+                self.config.n_layer,
+                self.config.n_head_kv * self.config.head_dim,
+            ),
+            Engine::Tensors(_) => kv_bytes_per_position(&self.config),
+        }
     }
 
     /// Reads `[n, v]` logits back to the host, one row per position.
@@ -927,7 +935,7 @@ fn rows_of(data: burn::tensor::TensorData, v: usize) -> Result<Vec<Vec<f32>>, Mo
     Ok(flat.chunks_exact(v).map(<[f32]>::to_vec).collect())
 }
 
-/// Keys and values of every layer, f32.
+/// Keys and values of every layer in the tensor engine's buffers, f32.
 fn kv_bytes_per_position(c: &LlamaConfig) -> usize {
     c.n_layer * 2 * c.n_head_kv * c.head_dim * std::mem::size_of::<f32>()
 }

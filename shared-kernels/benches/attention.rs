@@ -1,0 +1,114 @@
+//! Attention over a KV cache at the default model's heads (SmolLM2-135M: 9
+//! query heads of 64 values sharing 3 key/value heads), one layer: decoding
+//! one row at growing contexts, a pass of k drafted rows, 16 sessions side by
+//! side, and a 512-token prompt. Time per layer (the fastest of five batches,
+//! each over enough layers' caches that they come from memory) and the
+//! key/value bytes read per second (f16, as the model caches them), each key
+//! and value counted once.
+//! `cargo bench -p shared-kernels --bench attention [-- THREADS]`.
+
+use std::time::Instant;
+
+use half::f16;
+
+use shared_kernels::ops::{Context, Heads, attention};
+use shared_kernels::{Isa, Pool};
+
+const HEADS: Heads = Heads {
+    query: 9,
+    kv: 3,
+    dim: 64,
+};
+
+fn wave(n: usize, f: f32) -> Vec<f32> {
+    (0..n).map(|i| (i as f32 * f).sin()).collect()
+}
+
+fn wave_f16(n: usize, f: f32) -> Vec<f16> {
+    wave(n, f).into_iter().map(f16::from_f32).collect()
+}
+
+fn main() {
+    let threads = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(0);
+    let pool = Pool::new(threads).unwrap_or_else(|e| panic!("{e}"));
+    let isa = Isa::detect();
+    println!(
+        "isa {}, {} threads\n\n| pass | rows | µs | KV GB/s |\n|---|---|---|---|",
+        isa.name(),
+        pool.threads()
+    );
+    let hd = HEADS.dim;
+    // (what, sessions, rows per session, context of the first row of each)
+    let cases = [
+        ("decode, context 128", 1, 1, 128),
+        ("decode, context 1024", 1, 1, 1024),
+        ("decode, context 4096", 1, 1, 4096),
+        ("k = 8 drafted rows after 128", 1, 8, 129),
+        ("k = 8 drafted rows after 1024", 1, 8, 1025),
+        ("16 sessions decoding, context 1024", 16, 1, 1024),
+        ("a 512-token prompt", 1, 512, 1),
+    ];
+    for (name, sessions, rows, first) in cases {
+        let capacity = first + rows;
+        // Like a model's layers, each call reads its own caches, and there
+        // are enough of them (up to 30) that they do not fit in the caches
+        // of the processor: a decoding step reads the KV cache from memory.
+        let per_layer = sessions * 2 * HEADS.kv * capacity * hd * 2;
+        let layers = (256 << 20) / per_layer;
+        let layers = layers.clamp(1, 30);
+        let caches: Vec<Vec<(Vec<f16>, Vec<f16>)>> = (0..layers)
+            .map(|l| {
+                (0..sessions)
+                    .map(|s| {
+                        let n = HEADS.kv * capacity * hd;
+                        let f = 0.31 + (s + l) as f32 * 1e-3;
+                        (wave_f16(n, f), wave_f16(n, 0.17))
+                    })
+                    .collect()
+            })
+            .collect();
+        let contexts: Vec<Vec<Context<'_>>> = caches
+            .iter()
+            .map(|layer| {
+                layer
+                    .iter()
+                    .flat_map(|(keys, values)| {
+                        (0..rows).map(move |r| Context {
+                            keys,
+                            values,
+                            capacity,
+                            len: first + r,
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        let n_rows = sessions * rows;
+        let q = wave(n_rows * HEADS.query * hd, 0.07);
+        let mut out = vec![0f32; q.len()];
+        let positions = sessions * (first + rows - 1);
+        let bytes = (2 * HEADS.kv * positions * hd * 2) as f64;
+        let reps = (20_000_000 / (n_rows * capacity * HEADS.query * hd)).clamp(3, 2000);
+        let mut pass = |reps: usize| {
+            for i in 0..reps {
+                attention(&pool, isa, HEADS, &q, &contexts[i % layers], &mut out);
+            }
+        };
+        pass(layers);
+        let secs = (0..5)
+            .map(|_| {
+                let start = Instant::now();
+                pass(reps.max(layers));
+                start.elapsed().as_secs_f64() / reps.max(layers) as f64
+            })
+            .fold(f64::INFINITY, f64::min);
+        println!(
+            "| {name} | {n_rows} | {:.1} | {:.1} |",
+            secs * 1e6,
+            bytes / secs / 1e9
+        );
+    }
+}
