@@ -8,8 +8,10 @@
 # current directory). Each round runs `oracle bench` (prefill, decode, one
 # pass over k = 1..16 new tokens, batched decode, memory, bandwidth), then
 # llama.cpp's `llama-bench` (pp128 / tg128) and its k-token passes
-# (docs/bench/llama_cpp_forward_k.py). After the rounds: our kernels alone
-# (`cargo bench -p shared-kernels`) and the serving comparison, `oracle serve`
+# (docs/bench/llama_cpp_forward_k.py). After the rounds: decoding after
+# prompts of ~730, ~1450 and ~2900 tokens (ours, and llama-bench at the same
+# depth), our kernels alone (`cargo bench -p shared-kernels`: the matrix
+# products and attention) and the serving comparison, `oracle serve`
 # against `llama-server -np 16` under 1, 4 and 16 streamed greedy clients
 # (scripts/bench_serve.py). DIR/report.md holds every table; DIR/*.log the
 # raw output.
@@ -164,6 +166,32 @@ awk '$2 > 0 && $4 > 0 {
     cat "$out/llama-k-1.log"
     echo '```'
 } >>"$report"
+
+# Decoding after long prompts: the KV cache, not the weights, sets the pace.
+# The prompt is one sentence repeated; llama-bench decodes at the same depth.
+sentence="The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined movable metal type, oil-based ink and a screw press. "
+{
+    echo
+    echo "## Decoding after a long prompt (ours: oracle generate, 128 greedy tokens; llama.cpp: llama-bench -n 128 -d PROMPT -r 3)"
+    echo
+    echo "| prompt tokens | Shard prefill tokens/s | Shard decode tokens/s (tokens) | llama.cpp decode tokens/s at that depth |"
+    echo "|---|---|---|---|"
+} >>"$report"
+for copies in 25 50 100; do
+    say "decoding after a prompt of $copies sentences"
+    prompt=$(python3 -c 'import sys; print(sys.argv[1] * int(sys.argv[2]) + "Printing")' "$sentence" "$copies")
+    "$oracle" generate --model "$model" --prompt "$prompt" --max-tokens 128 --threads "$threads" --json \
+        >"$out/long-$copies.json" 2>"$out/long-$copies.log"
+    read -r prompt_tokens prefill decode generated < <(python3 -c '
+import json, sys
+s = json.load(open(sys.argv[1]))["stats"]
+print(s["prompt_tokens"], round(s["prompt_tokens"] / s["prefill_ms"] * 1000, 1),
+      round(s["decode_tokens_per_second"], 1), s["generated_tokens"])' "$out/long-$copies.json")
+    llama "$llama_bin/llama-bench" -m "$model" -p 0 -n 128 -d "$prompt_tokens" -t "$threads" -r 3 \
+        >"$out/llama-long-$copies.log" 2>&1
+    printf '| %s | %s | %s (%s) | %s |\n' "$prompt_tokens" "$prefill" "$decode" "$generated" \
+        "$(llama_tps "$out/llama-long-$copies.log" "tg128@d$prompt_tokens")" >>"$report"
+done
 
 say "kernels alone"
 cargo bench --locked -q -p shared-kernels -- "$threads" 2>/dev/null | grep -v '^test \|^running\|^$' >"$out/kernels.log"
