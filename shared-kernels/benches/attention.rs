@@ -7,12 +7,11 @@
 //! and value counted once.
 //! `cargo bench -p shared-kernels --bench attention [-- THREADS]`.
 
-use std::time::Instant;
-
 use half::f16;
 
 use shared_kernels::ops::{Context, Heads, attention};
-use shared_kernels::{Isa, Pool};
+
+mod common;
 
 const HEADS: Heads = Heads {
     query: 9,
@@ -29,17 +28,7 @@ fn wave_f16(n: usize, f: f32) -> Vec<f16> {
 }
 
 fn main() {
-    let threads = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(0);
-    let pool = Pool::new(threads).unwrap_or_else(|e| panic!("{e}"));
-    let isa = Isa::detect();
-    println!(
-        "isa {}, {} threads\n\n| pass | rows | µs | KV GB/s |\n|---|---|---|---|",
-        isa.name(),
-        pool.threads()
-    );
+    let (pool, isa) = common::start(&["pass", "rows", "µs", "KV GB/s"]);
     let hd = HEADS.dim;
     // (what, sessions, rows per session, context of the first row of each)
     let cases = [
@@ -92,19 +81,9 @@ fn main() {
         let positions = sessions * (first + rows - 1);
         let bytes = (2 * HEADS.kv * positions * hd * 2) as f64;
         let reps = (20_000_000 / (n_rows * capacity * HEADS.query * hd)).clamp(3, 2000);
-        let mut pass = |reps: usize| {
-            for i in 0..reps {
-                attention(&pool, isa, HEADS, &q, &contexts[i % layers], &mut out);
-            }
-        };
-        pass(layers);
-        let secs = (0..5)
-            .map(|_| {
-                let start = Instant::now();
-                pass(reps.max(layers));
-                start.elapsed().as_secs_f64() / reps.max(layers) as f64
-            })
-            .fold(f64::INFINITY, f64::min);
+        let secs = common::fastest_of_five(reps.max(layers), |i| {
+            attention(&pool, isa, HEADS, &q, &contexts[i % layers], &mut out);
+        });
         println!(
             "| {name} | {n_rows} | {:.1} | {:.1} |",
             secs * 1e6,

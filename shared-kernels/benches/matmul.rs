@@ -6,7 +6,9 @@
 
 use std::time::Instant;
 
-use shared_kernels::{Activations, Format, Isa, Pool, QMatrix, matmul};
+use shared_kernels::{Activations, Format, QMatrix, matmul};
+
+mod common;
 
 fn matrix(format: Format, rows: usize, cols: usize) -> QMatrix {
     let (block, size) = format.block();
@@ -29,17 +31,7 @@ fn matrix(format: Format, rows: usize, cols: usize) -> QMatrix {
 }
 
 fn main() {
-    let threads = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(0);
-    let pool = Pool::new(threads).unwrap_or_else(|e| panic!("{e}"));
-    let isa = Isa::detect();
-    println!(
-        "isa {}, {} threads\n\n| weights | rows | µs | GMAC/s | weight GB/s |\n|---|---|---|---|---|",
-        isa.name(),
-        pool.threads()
-    );
+    let (pool, isa) = common::start(&["weights", "rows", "µs", "GMAC/s", "weight GB/s"]);
     // What handing work to the threads costs: a pass of empty tasks.
     let reps = 20_000;
     let start = Instant::now();
@@ -73,19 +65,10 @@ fn main() {
             let mut act = Activations::new();
             act.quantize(format.activations(), &x, m, k);
             let mut out = vec![0f32; m * n];
-            // The fastest of five batches: on a shared machine a batch that a
-            // neighbour interrupted says nothing about the kernel.
             let reps = (40_000_000 / (m * n * k)).clamp(3, 400);
-            matmul(&pool, isa, &w, &act, &mut out).unwrap_or_else(|e| panic!("{e}"));
-            let secs = (0..5)
-                .map(|_| {
-                    let start = Instant::now();
-                    for _ in 0..reps {
-                        matmul(&pool, isa, &w, &act, &mut out).unwrap_or_else(|e| panic!("{e}"));
-                    }
-                    start.elapsed().as_secs_f64() / reps as f64
-                })
-                .fold(f64::INFINITY, f64::min);
+            let secs = common::fastest_of_five(reps, |_| {
+                matmul(&pool, isa, &w, &act, &mut out).unwrap_or_else(|e| panic!("{e}"));
+            });
             println!(
                 "| {name} | {m} | {:.1} | {:.1} | {:.1} |",
                 secs * 1e6,
