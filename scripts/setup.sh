@@ -143,7 +143,11 @@ ensure_rust() {
 # A Vulkan driver for the wgpu tests: Mesa's lavapipe runs Vulkan on the CPU, so
 # the GPU kernels (shared-model/src/cube.rs) are tested on machines without a GPU.
 ensure_vulkan() {
-    if compgen -G "/usr/share/vulkan/icd.d/lvp_icd*.json" >/dev/null && ldconfig -p | grep -q 'libvulkan\.so\.1'; then
+    # ldconfig lives in /sbin, which a user's PATH may leave out.
+    local ldconfig
+    ldconfig=$(command -v ldconfig || echo /sbin/ldconfig)
+    if compgen -G "/usr/share/vulkan/icd.d/lvp_icd*.json" >/dev/null &&
+        "$ldconfig" -p 2>/dev/null | grep -q 'libvulkan\.so\.1'; then
         return
     fi
     apt_install mesa-vulkan-drivers libvulkan1
