@@ -237,6 +237,48 @@ fn attention_equals_each_head_alone_on_every_instruction_set() {
     }
 }
 
+/// Scores that are all zero (keys of +0 and of −0): the maximum is a tie over
+/// every position, which the SIMD maximum and the portable loop settle alike.
+#[test]
+fn attention_over_signed_zero_scores_is_the_same_on_every_instruction_set() {
+    if !Isa::Avx2.available() {
+        return;
+    }
+    let (hd, len) = (64, 41);
+    let keys: Vec<f16> = (0..len * hd)
+        .map(|i| {
+            if (i / hd) % 3 == 0 {
+                f16::NEG_ZERO
+            } else {
+                f16::ZERO
+            }
+        })
+        .collect();
+    let values: Vec<f16> = random_activations(len, hd, 21)
+        .into_iter()
+        .map(f16::from_f32)
+        .collect();
+    let q = vec![1.0f32; hd];
+    let contexts = [Context {
+        keys: &keys,
+        values: &values,
+        capacity: len,
+        len,
+    }];
+    let heads = Heads {
+        query: 1,
+        kv: 1,
+        dim: hd,
+    };
+    let pool = Pool::new(1).unwrap();
+    let run = |isa| {
+        let mut out = vec![0f32; hd];
+        attention(&pool, isa, heads, &q, &contexts, &mut out);
+        out
+    };
+    assert_eq!(bits(&run(Isa::Portable)), bits(&run(Isa::Avx2)));
+}
+
 #[test]
 fn silu_and_quantising_give_the_same_bits_on_every_instruction_set() {
     if !Isa::Avx2.available() {
