@@ -15,33 +15,23 @@ use crate::pool::Pool;
 /// `Σ a·b` over eight lanes, then the tail in order.
 #[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let body = a.len().min(b.len()) / 8 * 8;
-    let mut acc = [0f32; 8];
-    for (ca, cb) in a[..body].chunks_exact(8).zip(b[..body].chunks_exact(8)) {
-        for lane in 0..8 {
-            acc[lane] += ca[lane] * cb[lane];
-        }
-    }
-    let mut sum = hsum(acc);
-    for (x, y) in a[body..].iter().zip(&b[body..]) {
-        sum += x * y;
-    }
-    sum
+    dot_widened(a, b, |x| x)
 }
 
-/// [`dot`] of an f32 row and an f16 row (each f16 value widened exactly).
+/// [`dot`] of an f32 row and a row whose values `widen` turns into f32
+/// exactly (f16 keys: the same sum as [`dot`] over the widened row).
 #[inline(always)]
-fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
+fn dot_widened<T: Copy>(a: &[f32], b: &[T], widen: impl Fn(T) -> f32) -> f32 {
     let body = a.len().min(b.len()) / 8 * 8;
     let mut acc = [0f32; 8];
     for (ca, cb) in a[..body].chunks_exact(8).zip(b[..body].chunks_exact(8)) {
         for lane in 0..8 {
-            acc[lane] += ca[lane] * cb[lane].to_f32();
+            acc[lane] += ca[lane] * widen(cb[lane]);
         }
     }
     let mut sum = hsum(acc);
-    for (x, y) in a[body..].iter().zip(&b[body..]) {
-        sum += x * y.to_f32();
+    for (x, &y) in a[body..].iter().zip(&b[body..]) {
+        sum += x * widen(y);
     }
     sum
 }
@@ -176,7 +166,7 @@ fn scores_of(q: &[f32], keys: &[f16], scale: f32, scores: &mut [f32]) {
         }
     }
     for (p, o) in scores.iter_mut().enumerate().skip(quads) {
-        *o = dot_f16(q, &keys[p * hd..(p + 1) * hd]) * scale;
+        *o = dot_widened(q, &keys[p * hd..(p + 1) * hd], f16::to_f32) * scale;
     }
 }
 
